@@ -1,0 +1,241 @@
+"""Settings: `LOCALSERVE_*` environment variables over an optional TOML file over defaults.
+
+This is the only module that reads the environment for localserve's own settings.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+from localserve.errors import ConfigError
+
+APP_NAME = "localserve"
+DEFAULT_PORT = 11435
+DEFAULT_KEEP_ALIVE_S = 300.0
+LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
+
+
+def parse_duration(value: str | float | int | None, default: float) -> float:
+    """Parse an Ollama-style duration into seconds.
+
+    Numbers are seconds; strings may be a bare number or Go-style units ("5m", "1h30m",
+    "250ms", "-1"). Negative means forever (returned as a negative number).
+    """
+    if value is None or value == "":
+        return default
+    if isinstance(value, bool):
+        raise ConfigError(f"invalid duration: {value!r}")
+    if isinstance(value, int | float):
+        return float(value)
+    text = value.strip().lower()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    units = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+    sign = -1.0 if text.startswith("-") else 1.0
+    rest = text.lstrip("+-")
+    total = 0.0
+    number = ""
+    i = 0
+    if not rest:
+        raise ConfigError(f"invalid duration: {value!r}")
+    while i < len(rest):
+        ch = rest[i]
+        if ch.isdigit() or ch == ".":
+            number += ch
+            i += 1
+            continue
+        unit = ""
+        while i < len(rest) and not (rest[i].isdigit() or rest[i] == "."):
+            unit += rest[i]
+            i += 1
+        if not number or unit not in units:
+            raise ConfigError(f"invalid duration: {value!r}")
+        total += float(number) * units[unit]
+        number = ""
+    if number:
+        raise ConfigError(f"invalid duration: {value!r} (missing unit)")
+    return sign * total
+
+
+def parse_host(value: str) -> tuple[str, int]:
+    """Split `host[:port]` (or `http://host:port`) into a bind address and port."""
+    text = value.strip()
+    for prefix in ("http://", "https://"):
+        if text.startswith(prefix):
+            text = text[len(prefix) :]
+    text = text.rstrip("/")
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise ConfigError(f"invalid host: {value!r}")
+        host = text[1:end]
+        port_text = text[end + 2 :] if text[end + 1 : end + 2] == ":" else ""
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    else:
+        host, port_text = text, ""
+    host = host or "127.0.0.1"
+    try:
+        port = int(port_text) if port_text else DEFAULT_PORT
+    except ValueError as exc:
+        raise ConfigError(f"invalid port in host {value!r}") from exc
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"invalid port in host {value!r}")
+    return host, port
+
+
+def _physical_cores() -> int:
+    import psutil
+
+    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every tunable of the daemon and its clients, typed and in one place."""
+
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    models_dir: Path = field(default_factory=lambda: Path(platformdirs.user_data_dir(APP_NAME)))
+    state_dir: Path = field(default_factory=lambda: Path(platformdirs.user_state_dir(APP_NAME)))
+    keep_alive_s: float = DEFAULT_KEEP_ALIVE_S
+    max_loaded: int = 0
+    num_parallel: int = 1
+    max_queue: int = 512
+    api_key: str | None = None
+    origins: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()
+    max_body_bytes: int = 32 * 1024 * 1024
+    max_blob_bytes: int = 256 * 1024**3
+    num_threads: int = field(default_factory=_physical_cores)
+    default_num_ctx: int = 4096
+    max_ram_bytes: int | None = None
+    max_vram_bytes: int | None = None
+    ram_reserve_bytes: int = 512 * 1024**2
+    vram_reserve_bytes: int = 512 * 1024**2
+    load_timeout_s: float = 300.0
+
+    @property
+    def base_url(self) -> str:
+        host = self.host
+        if host in ("0.0.0.0", "::", ""):
+            host = "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
+
+    @property
+    def is_loopback(self) -> bool:
+        return self.host in LOOPBACK_NAMES or self.host.startswith("127.")
+
+    def validate(self) -> Settings:
+        if not self.is_loopback and not self.api_key:
+            raise ConfigError(
+                f"binding to {self.host} (not loopback) requires LOCALSERVE_API_KEY to be set"
+            )
+        if self.num_parallel < 1:
+            raise ConfigError("LOCALSERVE_NUM_PARALLEL must be at least 1")
+        if self.max_queue < 0 or self.max_loaded < 0:
+            raise ConfigError("LOCALSERVE_MAX_QUEUE and LOCALSERVE_MAX_LOADED must be >= 0")
+        return self
+
+
+def _parse_bytes(text: str) -> int:
+    text = text.strip().upper().removesuffix("B")
+    scale = {"K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+    try:
+        if text and text[-1] in scale:
+            return int(float(text[:-1]) * scale[text[-1]])
+        return int(text)
+    except ValueError as exc:
+        raise ConfigError(f"invalid byte size: {text!r}") from exc
+
+
+def _split_list(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _coerce(name: str, raw: Any) -> Any:
+    """Turn one raw setting (from env text or TOML value) into its typed value."""
+    try:
+        if name in ("keep_alive_s", "load_timeout_s"):
+            return parse_duration(raw, DEFAULT_KEEP_ALIVE_S)
+        if name in ("max_ram_bytes", "max_vram_bytes", "ram_reserve_bytes", "vram_reserve_bytes"):
+            return raw if isinstance(raw, int) else _parse_bytes(str(raw))
+        if name in ("max_body_bytes", "max_blob_bytes"):
+            return raw if isinstance(raw, int) else _parse_bytes(str(raw))
+        if name in ("max_loaded", "num_parallel", "max_queue", "num_threads", "default_num_ctx"):
+            return int(raw)
+        if name in ("origins", "allowed_hosts"):
+            return tuple(raw) if isinstance(raw, list) else _split_list(str(raw))
+        if name in ("models_dir", "state_dir"):
+            return Path(str(raw)).expanduser()
+        if name == "api_key":
+            return str(raw) or None
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"invalid value for {name}: {raw!r}") from exc
+    return raw
+
+
+# Environment variable -> Settings field.
+ENV_VARS: dict[str, str] = {
+    "LOCALSERVE_MODELS": "models_dir",
+    "LOCALSERVE_STATE_DIR": "state_dir",
+    "LOCALSERVE_KEEP_ALIVE": "keep_alive_s",
+    "LOCALSERVE_MAX_LOADED": "max_loaded",
+    "LOCALSERVE_NUM_PARALLEL": "num_parallel",
+    "LOCALSERVE_MAX_QUEUE": "max_queue",
+    "LOCALSERVE_API_KEY": "api_key",
+    "LOCALSERVE_ORIGINS": "origins",
+    "LOCALSERVE_ALLOWED_HOSTS": "allowed_hosts",
+    "LOCALSERVE_MAX_BODY": "max_body_bytes",
+    "LOCALSERVE_NUM_THREADS": "num_threads",
+    "LOCALSERVE_NUM_CTX": "default_num_ctx",
+    "LOCALSERVE_MAX_RAM": "max_ram_bytes",
+    "LOCALSERVE_MAX_VRAM": "max_vram_bytes",
+    "LOCALSERVE_RAM_RESERVE": "ram_reserve_bytes",
+    "LOCALSERVE_VRAM_RESERVE": "vram_reserve_bytes",
+    "LOCALSERVE_LOAD_TIMEOUT": "load_timeout_s",
+}
+
+
+def config_file_path() -> Path:
+    override = os.environ.get("LOCALSERVE_CONFIG")
+    if override:
+        return Path(override).expanduser()
+    return Path(platformdirs.user_config_dir(APP_NAME)) / "config.toml"
+
+
+def load_settings(env: dict[str, str] | None = None, config_file: Path | None = None) -> Settings:
+    """Build the settings: environment over the TOML file over defaults."""
+    environ = dict(os.environ) if env is None else env
+    values: dict[str, Any] = {}
+    path = config_file or config_file_path()
+    known = {f.name for f in fields(Settings)}
+    if path.is_file():
+        try:
+            data = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+        for key, raw in data.items():
+            name = key.lower()
+            if name == "host":
+                values["host"], values["port"] = parse_host(str(raw))
+            elif name in known:
+                values[name] = _coerce(name, raw)
+            else:
+                raise ConfigError(f"unknown setting {key!r} in {path}")
+    if environ.get("LOCALSERVE_HOST"):
+        values["host"], values["port"] = parse_host(environ["LOCALSERVE_HOST"])
+    for var, name in ENV_VARS.items():
+        if environ.get(var) not in (None, ""):
+            values[name] = _coerce(name, environ[var])
+    return replace(Settings(), **values)
