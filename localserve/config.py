@@ -5,6 +5,8 @@ This is the only module that reads the environment for localserve's own settings
 
 from __future__ import annotations
 
+import ipaddress
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field, fields, replace
@@ -25,19 +27,26 @@ def parse_duration(value: str | float | int | None, default: float) -> float:
     """Parse an Ollama-style duration into seconds.
 
     Numbers are seconds; strings may be a bare number or Go-style units ("5m", "1h30m",
-    "250ms", "-1"). Negative means forever (returned as a negative number).
+    "250ms", "-1"). Negative means forever (returned as a negative number). NaN and
+    infinities are refused (Python's float() and json accept them).
     """
     if value is None or value == "":
         return default
     if isinstance(value, bool):
         raise ConfigError(f"invalid duration: {value!r}")
     if isinstance(value, int | float):
+        if not math.isfinite(value):
+            raise ConfigError(f"invalid duration: {value!r}")
         return float(value)
     text = value.strip().lower()
     try:
-        return float(text)
+        number_value = float(text)
     except ValueError:
         pass
+    else:
+        if not math.isfinite(number_value):
+            raise ConfigError(f"invalid duration: {value!r}")
+        return number_value
     units = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
     sign = -1.0 if text.startswith("-") else 1.0
     rest = text.lstrip("+-")
@@ -77,7 +86,10 @@ def parse_host(value: str) -> tuple[str, int]:
         if end < 0:
             raise ConfigError(f"invalid host: {value!r}")
         host = text[1:end]
-        port_text = text[end + 2 :] if text[end + 1 : end + 2] == ":" else ""
+        after = text[end + 1 :]
+        if after and not after.startswith(":"):
+            raise ConfigError(f"invalid host: {value!r}")
+        port_text = after[1:]
     elif text.count(":") == 1:
         host, port_text = text.split(":")
     else:
@@ -134,7 +146,12 @@ class Settings:
 
     @property
     def is_loopback(self) -> bool:
-        return self.host in LOOPBACK_NAMES or self.host.startswith("127.")
+        if self.host in LOOPBACK_NAMES:
+            return True
+        try:  # an address, not a name: "127.evil.example" is not loopback
+            return ipaddress.ip_address(self.host.strip("[]")).is_loopback
+        except ValueError:
+            return False
 
     def validate(self) -> Settings:
         if not self.is_loopback and not self.api_key:
@@ -174,6 +191,11 @@ def _coerce(name: str, raw: Any) -> Any:
             return raw if isinstance(raw, int) else _parse_bytes(str(raw))
         if name in ("max_loaded", "num_parallel", "max_queue", "num_threads", "default_num_ctx"):
             return int(raw)
+        if name == "port":
+            port = int(raw)
+            if not 0 <= port <= 65535:
+                raise ValueError(port)
+            return port
         if name in ("origins", "allowed_hosts"):
             return tuple(raw) if isinstance(raw, list) else _split_list(str(raw))
         if name in ("models_dir", "state_dir"):
@@ -207,8 +229,8 @@ ENV_VARS: dict[str, str] = {
 }
 
 
-def config_file_path() -> Path:
-    override = os.environ.get("LOCALSERVE_CONFIG")
+def config_file_path(env: dict[str, str] | None = None) -> Path:
+    override = (os.environ if env is None else env).get("LOCALSERVE_CONFIG")
     if override:
         return Path(override).expanduser()
     return Path(platformdirs.user_config_dir(APP_NAME)) / "config.toml"
@@ -218,7 +240,7 @@ def load_settings(env: dict[str, str] | None = None, config_file: Path | None = 
     """Build the settings: environment over the TOML file over defaults."""
     environ = dict(os.environ) if env is None else env
     values: dict[str, Any] = {}
-    path = config_file or config_file_path()
+    path = config_file or config_file_path(environ)
     known = {f.name for f in fields(Settings)}
     if path.is_file():
         try:

@@ -4,7 +4,8 @@ A model name is `[host/][namespace/]name[:tag]`. Missing parts take defaults:
 host `registry.localserve`, namespace `library`, tag `latest` (as Ollama does with
 `registry.ollama.ai/library`). `hf.co/<org>/<repo>:<quant>` names a Hugging Face GGUF.
 Every part is checked against a conservative pattern before it is used in a path, so
-no name can reach outside the store.
+no name can reach outside the store. Patterns are applied with `fullmatch`: `re.match`
+with `$` would accept a trailing newline inside a part (e.g. "ns\n/name").
 """
 
 from __future__ import annotations
@@ -53,12 +54,12 @@ class ModelName:
             host, namespace, name = parts
         else:
             raise BadRequestError(f"invalid model name {raw!r}: too many '/' separated parts")
-        if not _HOST.match(host) or ".." in host:
+        if not _HOST.fullmatch(host) or ".." in host:
             raise BadRequestError(f"invalid model name {raw!r}: bad host {host!r}")
         for label, part in (("namespace", namespace), ("name", name)):
-            if not _PART.match(part) or ".." in part:
+            if not _PART.fullmatch(part) or ".." in part:
                 raise BadRequestError(f"invalid model name {raw!r}: bad {label} {part!r}")
-        if not _TAG.match(tag) or ".." in tag:
+        if not _TAG.fullmatch(tag) or ".." in tag:
             raise BadRequestError(f"invalid model name {raw!r}: bad tag {tag!r}")
         return cls(host.lower(), namespace.lower(), name.lower(), tag)
 
@@ -86,7 +87,7 @@ def parse_digest(text: object) -> str:
     """Return the canonical `sha256:<hex>` form, refusing anything else."""
     if not isinstance(text, str):
         raise BadRequestError("digest must be a string like sha256:<64 hex digits>")
-    match = _DIGEST.match(text.strip())
+    match = _DIGEST.fullmatch(text.strip())
     if not match:
         raise BadRequestError(f"invalid digest {text[:80]!r}: expected sha256:<64 hex digits>")
     return f"sha256:{match.group(1)}"

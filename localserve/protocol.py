@@ -5,7 +5,7 @@ Each frame is a 4-byte big-endian length followed by that many bytes of UTF-8 JS
 
 Daemon -> runner (`op`):
     load      {op, path, num_ctx, num_gpu, num_threads, num_batch}
-    generate  {op, id, prompt, options, grammar?}
+    generate  {op, id, prompt, options, format?}   format: "json" or a schema
     embed     {op, id, inputs, truncate, normalize}
     cancel    {op, id}
     stats     {op}

@@ -62,6 +62,7 @@ class Runner:
         self.llm: Any = None
         self.embedder: Any = None
         self.load_params: Frame = {}
+        self.n_ctx = 0
 
     def send(self, message: Frame) -> None:
         data = encode_frame(message)
@@ -147,12 +148,18 @@ class Runner:
             )
         except (ValueError, RuntimeError, OSError) as exc:
             raise RequestError("load_failed", f"llama.cpp could not load the model: {exc}") from exc
+        # llama.cpp may round a small n_ctx up (to 256), but llama-cpp-python sizes its token
+        # buffer by the n_ctx it was given: a prompt between the two overflows that buffer.
+        # So the usable window is the smaller of the two.
+        requested = int(message.get("num_ctx", 2048))
+        actual = int(self.llm.n_ctx())
+        self.n_ctx = min(requested, actual) if requested > 0 else actual
         self.send(
             {
                 "event": "loaded",
                 "load_duration": int((time.perf_counter() - started) * 1e9),
                 "rss": _rss(),
-                "n_ctx": self.llm.n_ctx(),
+                "n_ctx": self.n_ctx,
                 "n_gpu_layers": int(message.get("num_gpu", 0)),
             }
         )
@@ -172,7 +179,7 @@ class Runner:
         options: dict[str, Any] = dict(message.get("options") or {})
         prompt = str(message.get("prompt") or "")
         tokens = self._tokenize(prompt)
-        n_ctx = llm.n_ctx()
+        n_ctx = self.n_ctx
         num_predict = int(options.get("num_predict", -1))
         if len(tokens) >= n_ctx:
             raise RequestError(
@@ -190,21 +197,17 @@ class Runner:
         stop = options.get("stop")
         if isinstance(stop, str):
             stop = [stop]
-        grammar = None
-        if message.get("grammar"):
-            try:
-                grammar = llama_cpp.LlamaGrammar.from_string(str(message["grammar"]), verbose=False)
-            except (ValueError, RuntimeError) as exc:
-                raise RequestError("bad_request", f"invalid grammar: {exc}") from exc
+        grammar = _grammar_for(message.get("format"))
         ctx = llm._ctx.ctx
         llama_cpp.llama_perf_context_reset(ctx)
         started = time.perf_counter_ns()
         first_token_at = 0
         eval_count = 0
         done_reason = "stop"
+        room = n_ctx - len(tokens)  # generation stops ("length") when the window is full
         stream = llm.create_completion(
             tokens,
-            max_tokens=num_predict if num_predict > 0 else -1,
+            max_tokens=min(num_predict, room) if num_predict > 0 else room,
             stop=list(stop or []),
             stream=True,
             grammar=grammar,
@@ -272,6 +275,25 @@ class Runner:
                 "prompt_eval_duration": time.perf_counter_ns() - started,
             }
         )
+
+
+def _grammar_for(fmt: Any) -> Any:
+    """A llama.cpp grammar for Ollama's `format`: "json" or a JSON schema object."""
+    import json
+
+    import llama_cpp
+    from llama_cpp.llama_grammar import JSON_GBNF
+
+    if fmt in (None, ""):
+        return None
+    try:
+        if fmt == "json":
+            return llama_cpp.LlamaGrammar.from_string(JSON_GBNF, verbose=False)
+        if isinstance(fmt, dict):
+            return llama_cpp.LlamaGrammar.from_json_schema(json.dumps(fmt), verbose=False)
+    except Exception as exc:  # noqa: BLE001 - llama.cpp reports bad schemas in many ways
+        raise RequestError("bad_request", f"invalid format schema: {exc}") from exc
+    raise RequestError("bad_request", 'format must be "json" or a JSON schema object')
 
 
 def _done(

@@ -288,25 +288,31 @@ class Store:
         return models
 
     def copy(self, source: ModelName, destination: ModelName) -> None:
-        stored = self.get(source)
-        with self._lock:
+        with self._lock:  # read under the lock: a concurrent delete may collect the blob
+            stored = self.get(source)
+            if not self.has_blob(stored.manifest.model_digest):
+                raise NotFoundError(f"blob for {source.display()} is missing from the store")
             self._write_manifest(destination, stored.manifest)
 
     def delete(self, name: ModelName) -> list[str]:
         """Remove a model's manifest, then collect blobs nothing references any more."""
         path = self._manifest_path(name)
-        model_digest = self.get(name).manifest.model_digest
         with self._lock:
-            if not path.is_file():
-                raise ModelNotFoundError(name.display())
+            model_digest = self.get(name).manifest.model_digest
+            manifest_mtime = path.stat().st_mtime
             path.unlink()
             for parent in (path.parent, path.parent.parent, path.parent.parent.parent):
                 with contextlib.suppress(OSError):
                     parent.rmdir()
             freed = []
+            blob = self.blob_path(model_digest)
             if model_digest not in self._referenced_digests():
-                self.blob_path(model_digest).unlink(missing_ok=True)
-                freed.append(model_digest)
+                with contextlib.suppress(OSError):
+                    # A blob registered again after this manifest was written belongs to
+                    # an upload awaiting /api/create: leave it to the grace period.
+                    if blob.stat().st_mtime <= manifest_mtime:
+                        blob.unlink()
+                        freed.append(model_digest)
         return freed + self.collect_garbage()
 
     # ---- garbage collection ------------------------------------------------------------

@@ -1,0 +1,15 @@
+"""`python -m localserve`: run the daemon in the foreground (same as `localserve serve`)."""
+
+import sys
+
+from localserve.config import load_settings
+from localserve.errors import ConfigError
+from localserve.server import serve
+
+if __name__ == "__main__":
+    try:
+        settings = load_settings().validate()
+    except ConfigError as exc:
+        print(f"localserve: {exc}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(serve(settings))

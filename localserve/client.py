@@ -1,0 +1,303 @@
+"""The one typed HTTP client of the localserve daemon, used by the CLI and the TUI.
+
+All methods are async (aiohttp). Streaming endpoints are async iterators of the decoded
+NDJSON objects. Errors:
+
+    ClientError
+    ├── DaemonUnreachableError   nothing answers at the base URL
+    └── APIError                 the daemon answered with {"error": ...}; `.status` is HTTP
+        ├── BadRequestAPIError   400
+        ├── ModelNotFoundAPIError 404
+        ├── BusyAPIError         503 (`.retry_after` seconds)
+        └── StreamAPIError       an error line inside a stream that had started
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+
+from localserve.config import load_settings
+
+JSON = dict[str, Any]
+UPLOAD_CHUNK = 1024 * 1024
+
+
+class ClientError(Exception):
+    pass
+
+
+class DaemonUnreachableError(ClientError):
+    def __init__(self, base_url: str, reason: str) -> None:
+        super().__init__(f"localserve daemon not reachable at {base_url}: {reason}")
+        self.base_url = base_url
+
+
+class APIError(ClientError):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class BadRequestAPIError(APIError):
+    pass
+
+
+class ModelNotFoundAPIError(APIError):
+    pass
+
+
+class BusyAPIError(APIError):
+    def __init__(self, status: int, message: str, retry_after: float | None = None) -> None:
+        super().__init__(status, message)
+        self.retry_after = retry_after
+
+
+class StreamAPIError(APIError):
+    pass
+
+
+def _error_for(status: int, message: str, headers: Any = None) -> APIError:
+    if status == 400:
+        return BadRequestAPIError(status, message)
+    if status == 404:
+        return ModelNotFoundAPIError(status, message)
+    if status == 503:
+        retry = headers.get("Retry-After") if headers is not None else None
+        return BusyAPIError(status, message, float(retry) if retry else None)
+    return APIError(status, message)
+
+
+def default_base_url() -> str:
+    return load_settings().base_url
+
+
+def file_digest(path: Path, progress: Callable[[int], None] | None = None) -> str:
+    hasher = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(UPLOAD_CHUNK):
+            hasher.update(chunk)
+            if progress:
+                progress(len(chunk))
+    return f"sha256:{hasher.hexdigest()}"
+
+
+class LocalserveClient:
+    def __init__(
+        self,
+        base_url: str | None = None,
+        *,
+        api_key: str | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        self.base_url = (base_url or default_base_url()).rstrip("/")
+        self.api_key = api_key if api_key is not None else os.environ.get("LOCALSERVE_API_KEY")
+        self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=5)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> LocalserveClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+            self._session = aiohttp.ClientSession(timeout=self._timeout, headers=headers)
+        return self._session
+
+    # ---- transport ---------------------------------------------------------------------
+
+    async def _raise_for_status(self, response: aiohttp.ClientResponse) -> None:
+        if response.status < 400:
+            return
+        text = await response.text()
+        try:
+            body = json.loads(text)
+            error = body.get("error", text)
+            message = error.get("message", str(error)) if isinstance(error, dict) else str(error)
+        except (ValueError, AttributeError):
+            message = text or response.reason or "error"
+        raise _error_for(response.status, message, response.headers)
+
+    async def _request(self, method: str, path: str, body: Any = None, **kwargs: Any) -> Any:
+        try:
+            async with self._get_session().request(
+                method, self.base_url + path, json=body, **kwargs
+            ) as response:
+                await self._raise_for_status(response)
+                if method == "HEAD":
+                    return None
+                text = await response.text()
+                return json.loads(text) if text.strip().startswith(("{", "[")) else text
+        except aiohttp.ClientConnectionError as exc:
+            raise DaemonUnreachableError(self.base_url, str(exc) or type(exc).__name__) from exc
+
+    async def _stream(self, path: str, body: JSON) -> AsyncIterator[JSON]:
+        """POST and yield each NDJSON object; an {"error"} line raises StreamAPIError."""
+        try:
+            async with self._get_session().post(self.base_url + path, json=body) as response:
+                await self._raise_for_status(response)
+                async for raw in response.content:
+                    line = raw.strip()
+                    if not line:
+                        continue
+                    item = json.loads(line)
+                    if isinstance(item, dict) and "error" in item:
+                        raise StreamAPIError(500, str(item["error"]))
+                    yield item
+        except aiohttp.ClientConnectionError as exc:
+            raise DaemonUnreachableError(self.base_url, str(exc) or type(exc).__name__) from exc
+
+    # ---- API ---------------------------------------------------------------------------
+
+    async def version(self) -> str:
+        data = await self._request("GET", "/api/version")
+        return str(data["version"])
+
+    async def is_running(self) -> bool:
+        try:
+            await self.version()
+        except DaemonUnreachableError:
+            return False
+        return True
+
+    async def list_models(self) -> list[JSON]:
+        data = await self._request("GET", "/api/tags")
+        return list(data["models"])
+
+    async def ps(self) -> list[JSON]:
+        data = await self._request("GET", "/api/ps")
+        return list(data["models"])
+
+    async def show(self, model: str) -> JSON:
+        data = await self._request("POST", "/api/show", {"model": model})
+        return dict(data)
+
+    def generate(
+        self,
+        model: str,
+        prompt: str,
+        *,
+        system: str | None = None,
+        options: JSON | None = None,
+        format: str | JSON | None = None,
+        keep_alive: str | float | None = None,
+        raw: bool = False,
+    ) -> AsyncIterator[JSON]:
+        body: JSON = {"model": model, "prompt": prompt, "stream": True, "raw": raw}
+        _put_optional(body, system=system, options=options, format=format, keep_alive=keep_alive)
+        return self._stream("/api/generate", body)
+
+    def chat(
+        self,
+        model: str,
+        messages: list[JSON],
+        *,
+        options: JSON | None = None,
+        format: str | JSON | None = None,
+        keep_alive: str | float | None = None,
+    ) -> AsyncIterator[JSON]:
+        body: JSON = {"model": model, "messages": messages, "stream": True}
+        _put_optional(body, options=options, format=format, keep_alive=keep_alive)
+        return self._stream("/api/chat", body)
+
+    async def embed(self, model: str, inputs: str | list[str]) -> JSON:
+        data = await self._request("POST", "/api/embed", {"model": model, "input": inputs})
+        return dict(data)
+
+    async def load(self, model: str, keep_alive: str | float | None = None) -> JSON:
+        body: JSON = {"model": model, "prompt": "", "stream": False}
+        _put_optional(body, keep_alive=keep_alive)
+        return dict(await self._request("POST", "/api/generate", body))
+
+    async def unload(self, model: str) -> JSON:
+        body = {"model": model, "prompt": "", "stream": False, "keep_alive": 0}
+        return dict(await self._request("POST", "/api/generate", body))
+
+    async def has_blob(self, digest: str) -> bool:
+        try:
+            await self._request("HEAD", f"/api/blobs/{digest}")
+        except ModelNotFoundAPIError:
+            return False
+        return True
+
+    async def push_blob(
+        self, path: Path, digest: str, progress: Callable[[int], None] | None = None
+    ) -> None:
+        """Upload a file as a blob (the daemon verifies it against `digest`)."""
+
+        async def chunks() -> AsyncIterator[bytes]:
+            with path.open("rb") as handle:
+                while chunk := handle.read(UPLOAD_CHUNK):
+                    if progress:
+                        progress(len(chunk))
+                    yield chunk
+
+        await self._request("POST", f"/api/blobs/{digest}", data=chunks())
+
+    def create(
+        self,
+        model: str,
+        *,
+        files: dict[str, str] | None = None,
+        from_: str | None = None,
+        template: str | None = None,
+        system: str | None = None,
+        parameters: JSON | None = None,
+    ) -> AsyncIterator[JSON]:
+        body: JSON = {"model": model, "stream": True}
+        _put_optional(
+            body, files=files, template=template, system=system, parameters=parameters
+        )
+        if from_ is not None:
+            body["from"] = from_
+        return self._stream("/api/create", body)
+
+    def pull(self, model: str) -> AsyncIterator[JSON]:
+        return self._stream("/api/pull", {"model": model, "stream": True})
+
+    async def copy(self, source: str, destination: str) -> None:
+        await self._request("POST", "/api/copy", {"source": source, "destination": destination})
+
+    async def delete(self, model: str) -> None:
+        await self._request("DELETE", "/api/delete", {"model": model})
+
+    async def events(self) -> AsyncIterator[JSON]:
+        """The daemon's server-sent event stream (`/api/events`), decoded."""
+        try:
+            async with self._get_session().get(
+                self.base_url + "/api/events", timeout=aiohttp.ClientTimeout(sock_connect=5)
+            ) as response:
+                await self._raise_for_status(response)
+                async for raw in response.content:
+                    line = raw.decode().strip()
+                    if line.startswith("data:"):
+                        yield json.loads(line[5:].strip())
+        except aiohttp.ClientConnectionError as exc:
+            raise DaemonUnreachableError(self.base_url, str(exc) or type(exc).__name__) from exc
+
+
+def _put_optional(body: JSON, **values: Any) -> None:
+    for key, value in values.items():
+        if value is not None:
+            body[key] = value

@@ -1,0 +1,556 @@
+"""The scheduler: the single owner of every load and unload decision.
+
+One asyncio task (`_run`) executes all state changes, one message at a time; everything
+else posts messages to it (`_post`). Loads run in their own tasks and post their result
+back. Callers get a `Lease` on a ready runner from `acquire()` and must `release()` it.
+
+Policy:
+- load on first request; requests for a loading model wait for it; one load per model;
+- keep a model for its keep_alive after its last request (0: unload now, <0: forever);
+- keep several models while they fit the RAM budget and `max_loaded` (0 = no cap);
+- evict least-recently-used idle models to make room, pinned (forever) ones last;
+  never a model with requests in flight: the load waits (bounded), then 503;
+- a model that can never fit is refused at once, naming its need and the budget;
+- bound each model's waiting requests (`max_queue`): past it, 503 with Retry-After.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from localserve.config import Settings
+from localserve.errors import BusyError, LocalserveError, ModelTooLargeError, RunnerError
+from localserve.events import EventBus
+from localserve.gguf_info import ModelFacts, estimate_kv_cache_bytes
+from localserve.names import ModelName
+from localserve.runner_client import LoadResult, RunnerProcess
+
+log = logging.getLogger("localserve.scheduler")
+COMPUTE_OVERHEAD_BYTES = 64 * 1024**2
+FOREVER_WALL = 253402300799.0  # 9999-12-31T23:59:59Z, how /api/ps shows "forever"
+
+
+class MemoryProbe(Protocol):
+    def available_ram(self) -> int: ...
+
+    def total_ram(self) -> int: ...
+
+
+class PsutilMemoryProbe:
+    def available_ram(self) -> int:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+
+    def total_ram(self) -> int:
+        import psutil
+
+        return int(psutil.virtual_memory().total)
+
+
+class RunnerFactory(Protocol):
+    async def __call__(self) -> RunnerProcess: ...
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a request needs loaded: a model file with its load-time parameters."""
+
+    name: ModelName
+    digest: str
+    path: Path
+    facts: ModelFacts
+    num_ctx: int
+    num_gpu: int = 0
+
+    @property
+    def key(self) -> str:
+        return self.name.display()
+
+    def estimate_bytes(self, num_parallel: int = 1) -> int:
+        kv = estimate_kv_cache_bytes(self.facts, self.num_ctx * num_parallel)
+        return self.facts.tensor_bytes + kv + COMPUTE_OVERHEAD_BYTES
+
+
+@dataclass(eq=False)
+class LoadedModel:
+    spec: ModelSpec
+    estimate: int
+    state: str = "loading"  # loading | ready | stopping
+    runner: RunnerProcess | None = None
+    in_flight: int = 0
+    waiters: list[tuple[asyncio.Future[Lease], float | None]] = field(default_factory=list)
+    keep_alive_s: float = 300.0
+    expires_at: float | None = None  # wall clock; None while busy or pinned
+    expiry: asyncio.TimerHandle | None = None
+    last_used: float = field(default_factory=time.monotonic)
+    loaded_at: float = 0.0
+    measured: int = 0
+    load_result: LoadResult | None = None
+    unload_when_idle: bool = False
+
+    @property
+    def size(self) -> int:
+        return max(self.measured, self.estimate)
+
+    @property
+    def pinned(self) -> bool:
+        return self.keep_alive_s < 0
+
+    @property
+    def idle(self) -> bool:
+        return self.state == "ready" and self.in_flight == 0 and not self.waiters
+
+
+@dataclass(eq=False)
+class Lease:
+    """A request's hold on a ready runner; release exactly once."""
+
+    model: LoadedModel
+    runner: RunnerProcess
+    scheduler: Scheduler
+    released: bool = False
+
+    def release(self, keep_alive_s: float | None = None) -> None:
+        if not self.released:
+            self.released = True
+            self.scheduler._post(lambda: self.scheduler._on_release(self.model, keep_alive_s))
+
+
+@dataclass(eq=False)
+class _Pending:
+    spec: ModelSpec
+    future: asyncio.Future[Lease]
+    keep_alive_s: float | None
+    deadline: float
+
+
+async def spawn_runner() -> RunnerProcess:
+    return await RunnerProcess.spawn()
+
+
+class Scheduler:
+    def __init__(
+        self,
+        settings: Settings,
+        events: EventBus | None = None,
+        *,
+        memory: MemoryProbe | None = None,
+        runner_factory: RunnerFactory | None = None,
+        pending_timeout_s: float = 120.0,
+    ) -> None:
+        self.settings = settings
+        self.events = events or EventBus()
+        self.memory = memory or PsutilMemoryProbe()
+        self.runner_factory: RunnerFactory = runner_factory or spawn_runner
+        self.pending_timeout_s = pending_timeout_s
+        self.models: dict[str, LoadedModel] = {}
+        self.stopping: dict[int, int] = {}  # runner pid -> bytes still held while it exits
+        self.pending: list[_Pending] = []
+        self._inbox: asyncio.Queue[Callable[[], None]] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[Any]] = set()
+        self._closed = False
+
+    # ---- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="scheduler")
+
+    async def close(self) -> None:
+        """Refuse new work, fail waiting requests, stop every runner."""
+        self._closed = True
+        done = asyncio.Event()
+
+        def shutdown() -> None:
+            for pending in self.pending:
+                _fail(pending.future, BusyError("the daemon is shutting down"))
+            self.pending.clear()
+            for model in list(self.models.values()):
+                for future, _ in model.waiters:
+                    _fail(future, BusyError("the daemon is shutting down"))
+                model.waiters.clear()
+                self._unload(model, "shutdown")
+            done.set()
+
+        self._post(shutdown)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(done.wait(), 10)
+        if self._background:
+            await asyncio.wait(self._background, timeout=15)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def _post(self, message: Callable[[], None]) -> None:
+        self._inbox.put_nowait(message)
+
+    async def _run(self) -> None:
+        while True:
+            message = await self._inbox.get()
+            try:
+                message()
+            except Exception:  # a bug here must not kill the owner task
+                log.exception("scheduler message failed")
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _publish(self, kind: str, **fields: Any) -> None:
+        self.events.publish(kind, **fields)
+
+    # ---- public API (called from request handlers) ------------------------------------
+
+    async def acquire(self, spec: ModelSpec, keep_alive_s: float | None = None) -> Lease:
+        """Wait for a ready runner for `spec`; raises BusyError, ModelTooLargeError, ..."""
+        if self._closed:
+            raise BusyError("the daemon is shutting down")
+        future: asyncio.Future[Lease] = asyncio.get_running_loop().create_future()
+        self._post(lambda: self._on_acquire(spec, future, keep_alive_s))
+        try:
+            return await future
+        except asyncio.CancelledError:
+            self._post(lambda: self._on_abandon(future))
+            raise
+
+    def unload(self, name: ModelName) -> asyncio.Future[bool]:
+        """Unload a model now, or as soon as its requests finish. Resolves True if loaded."""
+        result: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+
+        def handle() -> None:
+            model = self.models.get(name.display())
+            if model is None:
+                result.set_result(False)
+                return
+            model.keep_alive_s = 0
+            if model.idle:
+                self._unload(model, "request")
+            else:
+                model.unload_when_idle = True
+                model.expires_at = time.time()
+            result.set_result(True)
+
+        self._post(handle)
+        return result
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """A read-only view for /api/ps; never used to make a decision."""
+        rows = []
+        for model in sorted(self.models.values(), key=lambda m: -m.last_used):
+            if model.state == "ready" and model.in_flight == 0 and model.expires_at is None:
+                expires = FOREVER_WALL if model.pinned else time.time()
+            else:
+                expires = model.expires_at
+            rows.append(
+                {
+                    "model": model.spec.key,
+                    "digest": model.spec.digest,
+                    "state": "stopping" if model.unload_when_idle else model.state,
+                    "size": model.size,
+                    "size_vram": 0,
+                    "context_length": model.spec.num_ctx,
+                    "expires_at": expires,
+                    "in_flight": model.in_flight,
+                    "queue_depth": self._queue_depth(model.spec.key),
+                    "pid": model.runner.pid if model.runner else None,
+                    "facts": model.spec.facts,
+                    "busy": model.in_flight > 0,
+                }
+            )
+        return rows
+
+    # ---- message handlers (run only inside the owner task) ------------------------------
+
+    def _queue_depth(self, key: str) -> int:
+        model = self.models.get(key)
+        waiting = sum(1 for p in self.pending if p.spec.key == key)
+        if model is not None:
+            waiting += len(model.waiters)
+            waiting += max(0, model.in_flight - self.settings.num_parallel)
+        return waiting
+
+    def _on_acquire(
+        self, spec: ModelSpec, future: asyncio.Future[Lease], keep_alive_s: float | None
+    ) -> None:
+        if future.done():
+            return
+        if self._closed:
+            _fail(future, BusyError("the daemon is shutting down"))
+            return
+        if self._queue_depth(spec.key) >= self.settings.max_queue:
+            _fail(
+                future,
+                BusyError(
+                    f"server busy: {self.settings.max_queue} requests already waiting for "
+                    f"{spec.key}",
+                    retry_after=2,
+                ),
+            )
+            self._publish("queue_full", model=spec.key)
+            return
+        self.pending.append(
+            _Pending(spec, future, keep_alive_s, time.monotonic() + self.pending_timeout_s)
+        )
+        asyncio.get_running_loop().call_later(
+            self.pending_timeout_s + 0.01, self._post, self._expire_pending
+        )
+        self._schedule()
+
+    def _on_abandon(self, future: asyncio.Future[Lease]) -> None:
+        self.pending = [p for p in self.pending if p.future is not future]
+        for model in self.models.values():
+            model.waiters = [w for w in model.waiters if w[0] is not future]
+        self._schedule()
+
+    def _grant(self, model: LoadedModel, future: asyncio.Future[Lease], keep: float | None) -> None:
+        if future.done() or model.runner is None:
+            return
+        model.in_flight += 1
+        model.last_used = time.monotonic()
+        if keep is not None:
+            model.keep_alive_s = keep
+        model.expires_at = None
+        if model.expiry is not None:
+            model.expiry.cancel()
+            model.expiry = None
+        future.set_result(Lease(model, model.runner, self))
+
+    def _on_release(self, model: LoadedModel, keep_alive_s: float | None) -> None:
+        model.in_flight = max(0, model.in_flight - 1)
+        model.last_used = time.monotonic()
+        if keep_alive_s is not None:
+            model.keep_alive_s = keep_alive_s
+        if self.models.get(model.spec.key) is model and model.idle:
+            self._arm_expiry(model)
+        self._schedule()
+
+    def _arm_expiry(self, model: LoadedModel) -> None:
+        if model.unload_when_idle or model.keep_alive_s == 0:
+            self._unload(model, "keep_alive")
+            return
+        if model.expiry is not None:
+            model.expiry.cancel()
+            model.expiry = None
+        if model.pinned:
+            model.expires_at = None
+            return
+        model.expires_at = time.time() + model.keep_alive_s
+        model.expiry = asyncio.get_running_loop().call_later(
+            model.keep_alive_s, self._post, lambda: self._on_expire(model)
+        )
+
+    def _on_expire(self, model: LoadedModel) -> None:
+        if (
+            self.models.get(model.spec.key) is model
+            and model.idle
+            and model.expires_at is not None
+            and model.expires_at <= time.time() + 0.05
+        ):
+            self._unload(model, "expired")
+            self._schedule()
+
+    def _expire_pending(self) -> None:
+        now = time.monotonic()
+        for pending in [p for p in self.pending if p.deadline <= now]:
+            self.pending.remove(pending)
+            _fail(
+                pending.future,
+                BusyError(
+                    f"timed out waiting for memory to load {pending.spec.key}: every loaded "
+                    "model is busy",
+                    retry_after=5,
+                ),
+            )
+
+    def _compatible(self, model: LoadedModel, spec: ModelSpec) -> bool:
+        return (
+            model.spec.digest == spec.digest
+            and model.spec.num_ctx == spec.num_ctx
+            and model.spec.num_gpu == spec.num_gpu
+        )
+
+    def _schedule(self) -> None:
+        """Serve what can be served now: attach, load (evicting idle models), or wait."""
+        if self._closed:
+            return
+        for pending in list(self.pending):
+            if pending.future.done():
+                self.pending.remove(pending)
+                continue
+            spec = pending.spec
+            model = self.models.get(spec.key)
+            if model is not None and not self._compatible(model, spec):
+                if not model.idle:
+                    continue  # wait for its requests to finish, then reload
+                self._unload(model, "reload")
+                model = None
+            if model is not None:
+                self.pending.remove(pending)
+                if model.state == "ready":
+                    self._grant(model, pending.future, pending.keep_alive_s)
+                else:
+                    model.waiters.append((pending.future, pending.keep_alive_s))
+                continue
+            try:
+                victims = self._plan_room(spec)
+            except ModelTooLargeError as exc:
+                self.pending.remove(pending)
+                _fail(pending.future, exc)
+                continue
+            if victims is None:
+                continue  # not now: a busy model holds the memory
+            for victim in victims:
+                self._unload(victim, "evicted", for_model=spec.key)
+            self.pending.remove(pending)
+            self._start_load(spec, pending)
+
+    def _budget(self) -> tuple[int, int]:
+        """(bytes available for new models now, bytes the loaded models hold)."""
+        held = sum(m.size for m in self.models.values()) + sum(self.stopping.values())
+        loading = sum(m.size for m in self.models.values() if m.state == "loading")
+        if self.settings.max_ram_bytes is not None:
+            return self.settings.max_ram_bytes - held, held
+        available = self.memory.available_ram() - self.settings.ram_reserve_bytes - loading
+        return available, held
+
+    def _plan_room(self, spec: ModelSpec) -> list[LoadedModel] | None:
+        """The idle models to evict so `spec` fits, or None to wait; raises if it never fits."""
+        need = spec.estimate_bytes(self.settings.num_parallel)
+        free, held = self._budget()
+        if need > free + held:
+            budget = free + held
+            raise ModelTooLargeError(
+                f"model {spec.key} needs about {need / 2**20:.0f} MiB but the memory budget is "
+                f"{max(budget, 0) / 2**20:.0f} MiB"
+            )
+        candidates = sorted(
+            (m for m in self.models.values() if m.idle),
+            key=lambda m: (m.pinned, m.last_used),
+        )
+        victims: list[LoadedModel] = []
+        count = len(self.models)
+        cap = self.settings.max_loaded
+        while free < need or (cap and count >= cap):
+            if not candidates:
+                return None
+            victim = candidates.pop(0)
+            victims.append(victim)
+            free += victim.size
+            count -= 1
+        return victims
+
+    def _start_load(self, spec: ModelSpec, first: _Pending) -> None:
+        model = LoadedModel(
+            spec=spec,
+            estimate=spec.estimate_bytes(self.settings.num_parallel),
+            keep_alive_s=(
+                first.keep_alive_s
+                if first.keep_alive_s is not None
+                else self.settings.keep_alive_s
+            ),
+        )
+        model.waiters.append((first.future, first.keep_alive_s))
+        self.models[spec.key] = model
+        log.info("loading %s (estimated %.0f MiB)", spec.key, model.estimate / 2**20)
+        self._publish("load_started", model=spec.key, estimate=model.estimate)
+        self._spawn(self._load(model), f"load-{spec.key}")
+
+    async def _load(self, model: LoadedModel) -> None:
+        runner: RunnerProcess | None = None
+        try:
+            runner = await self.runner_factory()
+            result = await runner.load(
+                str(model.spec.path),
+                num_ctx=model.spec.num_ctx,
+                num_gpu=model.spec.num_gpu,
+                num_threads=self.settings.num_threads,
+                timeout=self.settings.load_timeout_s,
+            )
+        except BaseException as exc:
+            if runner is not None:
+                await runner.kill()
+            error = exc if isinstance(exc, LocalserveError) else RunnerError(repr(exc))
+            self._post(lambda: self._on_load_failed(model, error))
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        loaded_runner = runner
+        self._post(lambda: self._on_loaded(model, loaded_runner, result))
+
+    def _on_loaded(self, model: LoadedModel, runner: RunnerProcess, result: LoadResult) -> None:
+        if self.models.get(model.spec.key) is not model or self._closed:
+            self._spawn(runner.stop(), "stop-orphan")
+            return
+        model.state = "ready"
+        model.runner = runner
+        model.load_result = result
+        model.measured = result.rss
+        model.loaded_at = time.time()
+        runner.on_exit(lambda r: self._post(lambda: self._on_runner_exit(model, r)))
+        log.info(
+            "loaded %s in %.2fs (pid %d, rss %.0f MiB)",
+            model.spec.key,
+            result.load_duration_ns / 1e9,
+            runner.pid,
+            result.rss / 2**20,
+        )
+        self._publish(
+            "loaded", model=model.spec.key, pid=runner.pid, rss=result.rss,
+            load_duration=result.load_duration_ns,
+        )
+        waiters, model.waiters = model.waiters, []
+        for future, keep in waiters:
+            self._grant(model, future, keep)
+        if model.idle:
+            self._arm_expiry(model)
+        self._schedule()
+
+    def _on_load_failed(self, model: LoadedModel, error: LocalserveError) -> None:
+        log.warning("loading %s failed: %s", model.spec.key, error)
+        self._publish("load_failed", model=model.spec.key, error=str(error))
+        if self.models.get(model.spec.key) is model:
+            del self.models[model.spec.key]
+        for future, _ in model.waiters:
+            _fail(future, error)
+        model.waiters.clear()
+        self._schedule()
+
+    def _on_runner_exit(self, model: LoadedModel, runner: RunnerProcess) -> None:
+        self.stopping.pop(runner.pid, None)
+        if self.models.get(model.spec.key) is model and model.runner is runner:
+            del self.models[model.spec.key]
+            if model.expiry is not None:
+                model.expiry.cancel()
+            log.warning("runner for %s exited unexpectedly (pid %d)", model.spec.key, runner.pid)
+            self._publish("unloaded", model=model.spec.key, reason="crashed", pid=runner.pid)
+        self._schedule()
+
+    def _unload(self, model: LoadedModel, reason: str, **details: Any) -> None:
+        if self.models.get(model.spec.key) is model:
+            del self.models[model.spec.key]
+        if model.expiry is not None:
+            model.expiry.cancel()
+            model.expiry = None
+        model.state = "stopping"
+        runner = model.runner
+        log.info("unloading %s (%s)", model.spec.key, reason)
+        self._publish("unloaded", model=model.spec.key, reason=reason, **details)
+        if runner is not None and runner.alive:
+            self.stopping[runner.pid] = model.size
+            self._spawn(runner.stop(), f"stop-{model.spec.key}")
+
+
+def _fail(future: asyncio.Future[Lease], error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error)

@@ -1,0 +1,79 @@
+"""Run a real localserve daemon (real aiohttp server, real runner processes) in a
+background thread, so tests can use blocking clients (ollama, openai, requests-style)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from localserve.config import Settings
+from localserve.names import ModelName
+from localserve.scheduler import MemoryProbe
+from localserve.server import Daemon
+
+
+class DaemonThread:
+    def __init__(self, settings: Settings, memory: MemoryProbe | None = None) -> None:
+        self.settings = settings
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.daemon = Daemon(settings, memory=memory)
+        self.store = self.daemon.store
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.daemon.port}"
+
+    def call(self, coro: Any, timeout: float = 60) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def start(self) -> DaemonThread:
+        self._thread.start()
+        self.call(self.daemon.start())
+        return self
+
+    def stop(self) -> None:
+        self.call(self.daemon.stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+
+    def add_model(self, name: str, path: Path, **manifest: Any) -> str:
+        """Put a GGUF file in the store under `name` (bypassing HTTP)."""
+        digest = self.store.import_file(path)
+        self.store.create_model(ModelName.parse(name), digest, **manifest)
+        return digest
+
+    def ps(self) -> list[dict[str, Any]]:
+        async def snapshot() -> list[dict[str, Any]]:
+            return self.daemon.scheduler.snapshot()
+
+        result: list[dict[str, Any]] = self.call(snapshot())
+        return result
+
+
+def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
+    base = Settings(
+        host="127.0.0.1",
+        port=0,
+        models_dir=tmp_path / "models",
+        state_dir=tmp_path / "state",
+        num_threads=2,
+        default_num_ctx=512,
+    )
+    return dataclasses.replace(base, **overrides)
+
+
+@contextmanager
+def running_daemon(
+    tmp_path: Path, memory: MemoryProbe | None = None, **overrides: Any
+) -> Iterator[DaemonThread]:
+    daemon = DaemonThread(make_settings(tmp_path, **overrides), memory=memory).start()
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
