@@ -117,7 +117,7 @@ async def ndjson_response(
                 await response.write(json.dumps(item).encode() + b"\n")
         except (ConnectionResetError, asyncio.CancelledError):
             raise
-        except Exception as exc:  # noqa: BLE001 - reported in-band: the status is already 200
+        except Exception as exc:
             message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
             await response.write(json.dumps({"error": message}).encode() + b"\n")
         await response.write_eof()
@@ -214,7 +214,9 @@ async def generate(request: web.Request) -> web.StreamResponse:
     if body.get("images"):
         raise BadRequestError("images are not supported by this model runner")
     if not prompt:
-        return await _load_or_unload(request, model, parse_keep_alive(body.get("keep_alive")), False)
+        return await _load_or_unload(
+            request, model, parse_keep_alive(body.get("keep_alive")), False
+        )
     raw = get_bool(body, "raw", False)
     full_prompt = daemon.service.generate_prompt(model, prompt, get_str(body, "system"), raw)
     return await _generation(request, model, full_prompt, body, chat=False)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import struct
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -23,8 +25,13 @@ FINISH_REASONS = {"stop": "stop", "length": "length", "cancel": "stop"}
 
 
 def openai_error(status: int, message: str) -> dict[str, Any]:
-    kinds = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-             413: "invalid_request_error", 503: "server_busy"}
+    kinds = {
+        400: "invalid_request_error",
+        401: "authentication_error",
+        404: "not_found_error",
+        413: "invalid_request_error",
+        503: "server_busy",
+    }
     return {
         "error": {
             "message": message,
@@ -97,7 +104,7 @@ async def _sse(request: web.Request, events: AsyncIterator[dict[str, Any]]) -> w
                 await response.write(b"data: " + json.dumps(event).encode() + b"\n\n")
         except (ConnectionResetError, asyncio.CancelledError):
             raise
-        except Exception as exc:  # noqa: BLE001 - in-band: headers are already sent
+        except Exception as exc:
             message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
             error = openai_error(getattr(exc, "status", 500), message)
             await response.write(b"data: " + json.dumps(error).encode() + b"\n\n")
@@ -170,8 +177,12 @@ async def _run(
     text = "".join(parts)
     finish = FINISH_REASONS.get(str(final.get("done_reason")), "stop")
     result_choice: dict[str, Any] = (
-        {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
-         "finish_reason": finish}
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": text},
+            "logprobs": None,
+            "finish_reason": finish,
+        }
         if chat
         else {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
     )
@@ -188,7 +199,9 @@ async def _run(
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     body = await read_json(request)
     daemon = daemon_of(request)
-    model = await daemon.service.resolve(get_str(body, "model", required=True) or "", _options(body))
+    model = await daemon.service.resolve(
+        get_str(body, "model", required=True) or "", _options(body)
+    )
     messages = validate_messages(body.get("messages"))
     if not messages:
         raise BadRequestError("messages must not be empty")
@@ -198,7 +211,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 async def completions(request: web.Request) -> web.StreamResponse:
     body = await read_json(request)
     daemon = daemon_of(request)
-    model = await daemon.service.resolve(get_str(body, "model", required=True) or "", _options(body))
+    model = await daemon.service.resolve(
+        get_str(body, "model", required=True) or "", _options(body)
+    )
     prompt = body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
         prompt = prompt[0]
@@ -225,13 +240,21 @@ async def model(request: web.Request) -> web.Response:
     return web.json_response(_model_object(name.display(), stored.modified_at.timestamp()))
 
 
+def _encode(vector: list[float], encoding: str) -> list[float] | str:
+    """OpenAI's base64 encoding: little-endian float32 bytes."""
+    if encoding == "float":
+        return vector
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+
+
 async def embeddings(request: web.Request) -> web.Response:
     body = await read_json(request)
     daemon = daemon_of(request)
     resolved = await daemon.service.resolve(get_str(body, "model", required=True) or "", {})
     inputs = embedding_inputs(body.get("input"))
-    if body.get("encoding_format") not in (None, "float"):
-        raise BadRequestError("only encoding_format 'float' is supported")
+    encoding = body.get("encoding_format") or "float"
+    if encoding not in ("float", "base64"):
+        raise BadRequestError("encoding_format must be 'float' or 'base64'")
     vectors, count, _ = await daemon.service.embed(
         resolved, inputs, truncate=True, normalize=True, keep_alive_s=None
     )
@@ -239,7 +262,7 @@ async def embeddings(request: web.Request) -> web.Response:
         {
             "object": "list",
             "data": [
-                {"object": "embedding", "embedding": vector, "index": index}
+                {"object": "embedding", "embedding": _encode(vector, encoding), "index": index}
                 for index, vector in enumerate(vectors)
             ],
             "model": resolved.name,

@@ -266,9 +266,7 @@ class LocalserveClient:
         parameters: JSON | None = None,
     ) -> AsyncIterator[JSON]:
         body: JSON = {"model": model, "stream": True}
-        _put_optional(
-            body, files=files, template=template, system=system, parameters=parameters
-        )
+        _put_optional(body, files=files, template=template, system=system, parameters=parameters)
         if from_ is not None:
             body["from"] = from_
         return self._stream("/api/create", body)

@@ -20,9 +20,7 @@ def _file_type_name(value: int) -> str:
         from gguf.constants import LlamaFileType
 
         for member in LlamaFileType:
-            _FILE_TYPE_NAMES[int(member)] = member.name.removeprefix("MOSTLY_").replace(
-                "ALL_", ""
-            )
+            _FILE_TYPE_NAMES[int(member)] = member.name.removeprefix("MOSTLY_").replace("ALL_", "")
     return _FILE_TYPE_NAMES.get(value, f"unknown({value})")
 
 
@@ -85,7 +83,7 @@ def _field_value(reader: Any, key: str) -> Any:
         return None
     try:
         return fld.contents()
-    except Exception:  # noqa: BLE001 - a malformed field is reported as missing
+    except Exception:
         return None
 
 
@@ -107,7 +105,7 @@ def _token_text(reader: Any, id_key: str) -> str | None:
         return None
     try:
         value = tokens.contents(token_id)
-    except Exception:  # noqa: BLE001
+    except Exception:
         return None
     return value if isinstance(value, str) else None
 
@@ -129,7 +127,7 @@ def read_model_facts(path: Path) -> ModelFacts:
         from gguf import GGUFReader
 
         reader = GGUFReader(path, "r")
-    except Exception as exc:  # noqa: BLE001 - gguf raises many kinds on corrupt input
+    except Exception as exc:
         raise InvalidModelFileError(f"corrupt or truncated GGUF header: {exc}") from exc
 
     arch = _field_value(reader, "general.architecture")
@@ -176,7 +174,9 @@ def read_model_facts(path: Path) -> ModelFacts:
         embedding_length=_int_field(reader, f"{arch}.embedding_length"),
         head_count=_int_field(reader, f"{arch}.attention.head_count"),
         head_count_kv=_int_field(
-            reader, f"{arch}.attention.head_count_kv", _int_field(reader, f"{arch}.attention.head_count")
+            reader,
+            f"{arch}.attention.head_count_kv",
+            _int_field(reader, f"{arch}.attention.head_count"),
         ),
         chat_template=template if isinstance(template, str) else None,
         file_size=size,

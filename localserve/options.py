@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from localserve.config import parse_duration
 from localserve.errors import BadRequestError, ConfigError
@@ -28,8 +28,21 @@ OPTION_TYPES: dict[str, tuple[type, ...]] = {
 }
 # Accepted for compatibility with Ollama clients, without effect here.
 IGNORED_OPTIONS = frozenset(
-    {"num_keep", "repeat_last_n", "penalize_newline", "numa", "num_batch", "main_gpu",
-     "use_mmap", "use_mlock", "num_thread", "low_vram", "vocab_only", "tfs_z", "f16_kv"}
+    {
+        "num_keep",
+        "repeat_last_n",
+        "penalize_newline",
+        "numa",
+        "num_batch",
+        "main_gpu",
+        "use_mmap",
+        "use_mlock",
+        "num_thread",
+        "low_vram",
+        "vocab_only",
+        "tfs_z",
+        "f16_kv",
+    }
 )
 
 
@@ -75,7 +88,7 @@ def parse_options(raw: Any, defaults: dict[str, Any] | None = None) -> dict[str,
         if isinstance(value, bool) or not isinstance(value, types):
             raise BadRequestError(f"option {key!r} has the wrong type")
         if key == "stop":
-            stops = [value] if isinstance(value, str) else value
+            stops: list[Any] = [value] if isinstance(value, str) else cast(list[Any], value)
             if not all(isinstance(s, str) for s in stops):
                 raise BadRequestError("option 'stop' must be a string or a list of strings")
             value = [s for s in stops if s]

@@ -48,7 +48,7 @@ def _rss() -> int:
         import psutil
 
         return int(psutil.Process().memory_info().rss)
-    except Exception:  # noqa: BLE001 - RSS is informative only
+    except Exception:
         return 0
 
 
@@ -118,10 +118,12 @@ class Runner:
                 else:
                     raise RequestError("bad_request", f"unknown op {op!r}")
             except RequestError as exc:
-                self.send({"event": "error", "id": request_id, "kind": exc.kind, "message": str(exc)})
+                self.send(
+                    {"event": "error", "id": request_id, "kind": exc.kind, "message": str(exc)}
+                )
                 if op == "load":
                     return 1
-            except Exception as exc:  # noqa: BLE001 - reported to the daemon, never swallowed
+            except Exception as exc:
                 self.send(
                     {"event": "error", "id": request_id, "kind": "internal", "message": repr(exc)}
                 )
@@ -281,17 +283,16 @@ def _grammar_for(fmt: Any) -> Any:
     """A llama.cpp grammar for Ollama's `format`: "json" or a JSON schema object."""
     import json
 
-    import llama_cpp
-    from llama_cpp.llama_grammar import JSON_GBNF
+    from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
 
     if fmt in (None, ""):
         return None
     try:
         if fmt == "json":
-            return llama_cpp.LlamaGrammar.from_string(JSON_GBNF, verbose=False)
+            return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
         if isinstance(fmt, dict):
-            return llama_cpp.LlamaGrammar.from_json_schema(json.dumps(fmt), verbose=False)
-    except Exception as exc:  # noqa: BLE001 - llama.cpp reports bad schemas in many ways
+            return LlamaGrammar.from_json_schema(json.dumps(fmt), verbose=False)
+    except Exception as exc:
         raise RequestError("bad_request", f"invalid format schema: {exc}") from exc
     raise RequestError("bad_request", 'format must be "json" or a JSON schema object')
 

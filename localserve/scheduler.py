@@ -248,10 +248,15 @@ class Scheduler:
         """A read-only view for /api/ps; never used to make a decision."""
         rows = []
         for model in sorted(self.models.values(), key=lambda m: -m.last_used):
-            if model.state == "ready" and model.in_flight == 0 and model.expires_at is None:
-                expires = FOREVER_WALL if model.pinned else time.time()
-            else:
+            expires: float
+            if model.unload_when_idle:
+                expires = time.time()  # "Stopping..."
+            elif model.pinned:
+                expires = FOREVER_WALL
+            elif model.expires_at is not None:
                 expires = model.expires_at
+            else:  # busy or loading: the keep-alive clock starts when it goes idle
+                expires = time.time() + model.keep_alive_s
             rows.append(
                 {
                     "model": model.spec.key,
@@ -455,9 +460,7 @@ class Scheduler:
             spec=spec,
             estimate=spec.estimate_bytes(self.settings.num_parallel),
             keep_alive_s=(
-                first.keep_alive_s
-                if first.keep_alive_s is not None
-                else self.settings.keep_alive_s
+                first.keep_alive_s if first.keep_alive_s is not None else self.settings.keep_alive_s
             ),
         )
         model.waiters.append((first.future, first.keep_alive_s))
@@ -506,7 +509,10 @@ class Scheduler:
             result.rss / 2**20,
         )
         self._publish(
-            "loaded", model=model.spec.key, pid=runner.pid, rss=result.rss,
+            "loaded",
+            model=model.spec.key,
+            pid=runner.pid,
+            rss=result.rss,
             load_duration=result.load_duration_ns,
         )
         waiters, model.waiters = model.waiters, []

@@ -50,31 +50,68 @@ ROUTES: list[Route] = [
     Route("GET", "/", api_ollama.root, "Health check: 'localserve is running'"),
     Route("HEAD", "/", api_ollama.root, "Health check"),
     Route("GET", "/api/version", api_ollama.version, "Daemon version"),
-    Route("POST", "/api/generate", api_ollama.generate, "Generate a completion (NDJSON)",
-          "model, prompt, system, raw, format, options, stream, keep_alive"),
-    Route("POST", "/api/chat", api_ollama.chat, "Chat completion (NDJSON)",
-          "model, messages, format, options, stream, keep_alive"),
-    Route("POST", "/api/embed", api_ollama.embed, "Embeddings for one or more inputs",
-          "model, input, truncate, options, keep_alive"),
-    Route("POST", "/api/embeddings", api_ollama.embeddings_legacy, "Legacy single embedding",
-          "model, prompt, options, keep_alive"),
+    Route(
+        "POST",
+        "/api/generate",
+        api_ollama.generate,
+        "Generate a completion (NDJSON)",
+        "model, prompt, system, raw, format, options, stream, keep_alive",
+    ),
+    Route(
+        "POST",
+        "/api/chat",
+        api_ollama.chat,
+        "Chat completion (NDJSON)",
+        "model, messages, format, options, stream, keep_alive",
+    ),
+    Route(
+        "POST",
+        "/api/embed",
+        api_ollama.embed,
+        "Embeddings for one or more inputs",
+        "model, input, truncate, options, keep_alive",
+    ),
+    Route(
+        "POST",
+        "/api/embeddings",
+        api_ollama.embeddings_legacy,
+        "Legacy single embedding",
+        "model, prompt, options, keep_alive",
+    ),
     Route("GET", "/api/tags", api_ollama.tags, "Installed models"),
     Route("GET", "/api/ps", api_ollama.ps, "Loaded models"),
     Route("POST", "/api/show", api_ollama.show, "Model details", "model"),
-    Route("POST", "/api/create", api_ollama.create, "Create a model from an uploaded blob",
-          "model, files | from, template, system, parameters, stream"),
+    Route(
+        "POST",
+        "/api/create",
+        api_ollama.create,
+        "Create a model from an uploaded blob",
+        "model, files | from, template, system, parameters, stream",
+    ),
     Route("HEAD", "/api/blobs/{digest}", api_ollama.blob_head, "Does the blob exist?"),
-    Route("POST", "/api/blobs/{digest}", api_ollama.blob_upload,
-          "Upload a blob (raw bytes, verified against the digest)"),
+    Route(
+        "POST",
+        "/api/blobs/{digest}",
+        api_ollama.blob_upload,
+        "Upload a blob (raw bytes, verified against the digest)",
+    ),
     Route("POST", "/api/copy", api_ollama.copy, "Copy a model", "source, destination"),
     Route("DELETE", "/api/delete", api_ollama.delete, "Delete a model", "model"),
-    Route("POST", "/api/pull", api_ollama.pull, "Pull a model (NDJSON progress)",
-          "model, stream"),
-    Route("POST", "/v1/chat/completions", api_openai.chat_completions,
-          "OpenAI chat completions (SSE when stream)",
-          "model, messages, stream, max_tokens, temperature, top_p, stop, seed, response_format"),
-    Route("POST", "/v1/completions", api_openai.completions, "OpenAI completions (SSE)",
-          "model, prompt, stream, max_tokens, temperature, top_p, stop, seed"),
+    Route("POST", "/api/pull", api_ollama.pull, "Pull a model (NDJSON progress)", "model, stream"),
+    Route(
+        "POST",
+        "/v1/chat/completions",
+        api_openai.chat_completions,
+        "OpenAI chat completions (SSE when stream)",
+        "model, messages, stream, max_tokens, temperature, top_p, stop, seed, response_format",
+    ),
+    Route(
+        "POST",
+        "/v1/completions",
+        api_openai.completions,
+        "OpenAI completions (SSE)",
+        "model, prompt, stream, max_tokens, temperature, top_p, stop, seed",
+    ),
     Route("GET", "/v1/models", api_openai.models, "OpenAI model list"),
     Route("GET", "/v1/models/{model}", api_openai.model, "One OpenAI model"),
     Route("POST", "/v1/embeddings", api_openai.embeddings, "OpenAI embeddings", "model, input"),
@@ -172,9 +209,7 @@ async def security_middleware(request: web.Request, handler: Handler) -> web.Str
     if host not in allowed_hosts and not host.startswith("127.") and "*" not in allowed_hosts:
         return _error_response(request, 403, f"host {host!r} is not allowed")
     origin = request.headers.get("Origin")
-    origin_allowed = origin is not None and (
-        "*" in settings.origins or origin in settings.origins
-    )
+    origin_allowed = origin is not None and ("*" in settings.origins or origin in settings.origins)
     if origin is not None and not origin_allowed:
         return _error_response(request, 403, f"origin {origin!r} is not allowed")
     if request.method == "OPTIONS" and origin_allowed:
@@ -268,9 +303,9 @@ class Daemon:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.host, self.settings.port)
         await site.start()
-        sockets = site._server.sockets if site._server is not None else []  # type: ignore[union-attr]
-        if sockets:
-            self.port = sockets[0].getsockname()[1]
+        addresses = self._runner.addresses
+        if addresses:
+            self.port = int(addresses[0][1])
         log.info("localserve %s listening on %s:%d", __version__, self.settings.host, self.port)
 
     async def stop(self) -> None:

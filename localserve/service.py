@@ -170,7 +170,12 @@ class ModelService:
         lease = await self.scheduler.acquire(model.spec, keep_alive_s)
         load_ns = time.perf_counter_ns() - started
         try:
-            message = {"op": "embed", "inputs": inputs, "truncate": truncate, "normalize": normalize}
+            message = {
+                "op": "embed",
+                "inputs": inputs,
+                "truncate": truncate,
+                "normalize": normalize,
+            }
             async with lease.runner.request(message) as frames:
                 async for frame in frames:
                     vectors = [list(map(float, v)) for v in frame.get("embeddings", [])]

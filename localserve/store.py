@@ -13,6 +13,7 @@ blocking; the daemon calls them through `asyncio.to_thread`.
 
 from __future__ import annotations
 
+import builtins  # `Store.list` shadows `list` in annotations of later methods
 import contextlib
 import errno
 import hashlib
@@ -71,7 +72,11 @@ class Manifest:
             "schemaVersion": 2,
             "mediaType": MANIFEST_MEDIA_TYPE,
             "layers": [
-                {"mediaType": MODEL_MEDIA_TYPE, "digest": self.model_digest, "size": self.model_size}
+                {
+                    "mediaType": MODEL_MEDIA_TYPE,
+                    "digest": self.model_digest,
+                    "size": self.model_size,
+                }
             ],
             "config": {
                 "facts": self.facts.to_dict(),
@@ -294,7 +299,7 @@ class Store:
                 raise NotFoundError(f"blob for {source.display()} is missing from the store")
             self._write_manifest(destination, stored.manifest)
 
-    def delete(self, name: ModelName) -> list[str]:
+    def delete(self, name: ModelName) -> builtins.list[str]:
         """Remove a model's manifest, then collect blobs nothing references any more."""
         path = self._manifest_path(name)
         with self._lock:
@@ -325,9 +330,9 @@ class Store:
             if digest not in self._referenced_digests():
                 self.blob_path(digest).unlink(missing_ok=True)
 
-    def collect_garbage(self, grace_s: float = GC_GRACE_S) -> list[str]:
+    def collect_garbage(self, grace_s: float = GC_GRACE_S) -> builtins.list[str]:
         """Delete unreferenced blobs older than `grace_s` and stale temp files."""
-        removed: list[str] = []
+        removed: builtins.list[str] = []
         now = time.time()
         with self._lock:
             referenced = self._referenced_digests()

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from daemon_harness import DaemonThread, running_daemon
 from gguf_factory import write_tiny_gguf
 
@@ -56,7 +55,9 @@ def daemon(tmp_path: Path) -> Iterator[DaemonThread]:
 
 def test_generate_streams_tokens_then_a_final_chunk_with_timings(daemon: DaemonThread) -> None:
     status, _, data = request(
-        daemon.base_url, "POST", "/api/generate",
+        daemon.base_url,
+        "POST",
+        "/api/generate",
         {"model": "tiny", "prompt": "hello", "options": {"num_predict": 7}},
     )
     assert status == 200
@@ -64,8 +65,14 @@ def test_generate_streams_tokens_then_a_final_chunk_with_timings(daemon: DaemonT
     assert "".join(x["response"] for x in lines) == "a" * 7
     final = lines[-1]
     assert final["done"] is True and final["done_reason"] == "length"
-    for key in ("total_duration", "load_duration", "prompt_eval_count", "prompt_eval_duration",
-                "eval_count", "eval_duration"):
+    for key in (
+        "total_duration",
+        "load_duration",
+        "prompt_eval_count",
+        "prompt_eval_duration",
+        "eval_count",
+        "eval_duration",
+    ):
         assert isinstance(final[key], int), key
     assert final["eval_count"] == 7
     assert final["prompt_eval_count"] > 0
@@ -75,7 +82,8 @@ def test_generate_streams_tokens_then_a_final_chunk_with_timings(daemon: DaemonT
 
 def test_generate_without_stream_returns_one_object(daemon: DaemonThread) -> None:
     status, body = post_json(
-        daemon.base_url, "/api/generate",
+        daemon.base_url,
+        "/api/generate",
         {"model": "tiny:latest", "prompt": "x", "stream": False, "options": {"num_predict": 3}},
     )
     assert status == 200
@@ -86,9 +94,14 @@ def test_stop_strings_end_generation_with_reason_stop(tmp_path: Path) -> None:
     with running_daemon(tmp_path) as d:
         d.add_model("tiny", write_tiny_gguf(tmp_path / "s.gguf", "s"))
         status, body = post_json(
-            d.base_url, "/api/generate",
-            {"model": "tiny", "prompt": "x", "stream": False,
-             "options": {"num_predict": 20, "stop": ["sss"]}},
+            d.base_url,
+            "/api/generate",
+            {
+                "model": "tiny",
+                "prompt": "x",
+                "stream": False,
+                "options": {"num_predict": 20, "stop": ["sss"]},
+            },
         )
     assert status == 200
     assert body["response"] == "" and body["done_reason"] == "stop"
@@ -97,7 +110,9 @@ def test_stop_strings_end_generation_with_reason_stop(tmp_path: Path) -> None:
 def test_chat_uses_message_shape_streaming_and_not(daemon: DaemonThread) -> None:
     messages = [{"role": "user", "content": "hi"}]
     status, _, data = request(
-        daemon.base_url, "POST", "/api/chat",
+        daemon.base_url,
+        "POST",
+        "/api/chat",
         {"model": "tiny", "messages": messages, "options": {"num_predict": 4}},
     )
     lines = ndjson(data)
@@ -105,7 +120,8 @@ def test_chat_uses_message_shape_streaming_and_not(daemon: DaemonThread) -> None
     assert "".join(x["message"]["content"] for x in lines) == "aaaa"
     assert lines[-1]["done"] is True and lines[-1]["message"]["role"] == "assistant"
     status, body = post_json(
-        daemon.base_url, "/api/chat",
+        daemon.base_url,
+        "/api/chat",
         {"model": "tiny", "messages": messages, "stream": False, "options": {"num_predict": 2}},
     )
     assert body["message"] == {"role": "assistant", "content": "aa"}
@@ -162,7 +178,7 @@ def test_tags_show_copy_delete_round_trip(daemon: DaemonThread) -> None:
     status, _, _ = request(daemon.base_url, "DELETE", "/api/delete", {"model": "b:v1"})
     assert status == 200
     assert list((daemon.settings.models_dir / "blobs").iterdir()) == []
-    status, body = post_json(daemon.base_url, "/api/delete", {"model": "b:v1"})
+    status, _body = post_json(daemon.base_url, "/api/delete", {"model": "b:v1"})
     assert status == 405
 
 
@@ -181,13 +197,20 @@ def test_create_from_uploaded_blob_then_generate(daemon: DaemonThread, tmp_path:
     status, _, _ = request(daemon.base_url, "HEAD", f"/api/blobs/{digest}")
     assert status == 200
     status, _, body = request(
-        daemon.base_url, "POST", "/api/create",
-        {"model": "zed", "files": {"z.gguf": digest}, "system": "be terse",
-         "parameters": {"num_predict": 2}},
+        daemon.base_url,
+        "POST",
+        "/api/create",
+        {
+            "model": "zed",
+            "files": {"z.gguf": digest},
+            "system": "be terse",
+            "parameters": {"num_predict": 2},
+        },
     )
     assert status == 200 and ndjson(body)[-1] == {"status": "success"}
-    status, body = post_json(daemon.base_url, "/api/generate",
-                             {"model": "zed", "prompt": "q", "stream": False})
+    status, body = post_json(
+        daemon.base_url, "/api/generate", {"model": "zed", "prompt": "q", "stream": False}
+    )
     assert body["response"] == "zz"  # the stored num_predict applies
     status, shown = post_json(daemon.base_url, "/api/show", {"model": "zed"})
     assert shown["system"] == "be terse" and "num_predict" in shown["parameters"]
@@ -297,7 +320,8 @@ def test_runner_killed_mid_request_ends_stream_with_error_and_daemon_recovers(
     with running_daemon(tmp_path, default_num_ctx=32768) as d:
         _long_model(tmp_path, d)
         conn, response = _stream_lines(
-            d.base_url, "/api/generate",
+            d.base_url,
+            "/api/generate",
             {"model": "long", "prompt": "x", "options": {"num_predict": 30000}},
         )
         first = json.loads(response.readline())
@@ -309,7 +333,8 @@ def test_runner_killed_mid_request_ends_stream_with_error_and_daemon_recovers(
         assert "error" in lines[-1]
         assert "killed" in lines[-1]["error"] or "exited" in lines[-1]["error"]
         status, body = post_json(
-            d.base_url, "/api/generate",
+            d.base_url,
+            "/api/generate",
             {"model": "long", "prompt": "x", "stream": False, "options": {"num_predict": 3}},
         )
         assert status == 200 and body["response"] == "lll"
@@ -320,7 +345,8 @@ def test_client_disconnect_cancels_generation_and_frees_the_runner(tmp_path: Pat
     with running_daemon(tmp_path, default_num_ctx=32768) as d:
         _long_model(tmp_path, d)
         conn, response = _stream_lines(
-            d.base_url, "/api/generate",
+            d.base_url,
+            "/api/generate",
             {"model": "long", "prompt": "x", "options": {"num_predict": 30000}},
         )
         response.readline()
@@ -331,8 +357,9 @@ def test_client_disconnect_cancels_generation_and_frees_the_runner(tmp_path: Pat
             time.sleep(0.05)
         assert d.ps()[0]["in_flight"] == 0
         started = time.time()
-        status, body = post_json(
-            d.base_url, "/api/generate",
+        _status, body = post_json(
+            d.base_url,
+            "/api/generate",
             {"model": "long", "prompt": "y", "stream": False, "options": {"num_predict": 2}},
         )
         assert body["response"] == "ll"
@@ -364,10 +391,15 @@ def test_max_loaded_one_swaps_models_and_every_answer_is_right(tmp_path: Path) -
         for char in "abc":
             d.add_model(f"m{char}", write_tiny_gguf(tmp_path / f"{char}.gguf", char))
         for char in "abcabc":
-            status, body = post_json(
-                d.base_url, "/api/generate",
-                {"model": f"m{char}", "prompt": "x", "stream": False,
-                 "options": {"num_predict": 2}},
+            _status, body = post_json(
+                d.base_url,
+                "/api/generate",
+                {
+                    "model": f"m{char}",
+                    "prompt": "x",
+                    "stream": False,
+                    "options": {"num_predict": 2},
+                },
             )
             assert body["response"] == char * 2
             assert len(d.ps()) == 1
@@ -382,12 +414,14 @@ def test_host_header_not_loopback_is_refused(daemon: DaemonThread) -> None:
 
 def test_cross_origin_requests_are_refused_unless_configured(tmp_path: Path) -> None:
     with running_daemon(tmp_path) as d:
-        status, _, _ = request(d.base_url, "GET", "/api/tags",
-                               headers={"Origin": "http://evil.example"})
+        status, _, _ = request(
+            d.base_url, "GET", "/api/tags", headers={"Origin": "http://evil.example"}
+        )
         assert status == 403
     with running_daemon(tmp_path, origins=("http://app.local",)) as d:
-        status, headers, _ = request(d.base_url, "GET", "/api/tags",
-                                     headers={"Origin": "http://app.local"})
+        status, headers, _ = request(
+            d.base_url, "GET", "/api/tags", headers={"Origin": "http://app.local"}
+        )
         assert status == 200
         assert headers["Access-Control-Allow-Origin"] == "http://app.local"
 
@@ -396,8 +430,9 @@ def test_api_key_is_required_when_configured(tmp_path: Path) -> None:
     with running_daemon(tmp_path, api_key="s3cret") as d:
         status, _, _ = request(d.base_url, "GET", "/api/tags")
         assert status == 401
-        status, _, _ = request(d.base_url, "GET", "/api/tags",
-                               headers={"Authorization": "Bearer s3cret"})
+        status, _, _ = request(
+            d.base_url, "GET", "/api/tags", headers={"Authorization": "Bearer s3cret"}
+        )
         assert status == 200
 
 
@@ -410,7 +445,7 @@ def test_oversized_json_body_is_413(tmp_path: Path) -> None:
 
 
 def test_openapi_describes_every_registered_route(daemon: DaemonThread) -> None:
-    status, _, data = request(daemon.base_url, "GET", "/openapi.json")
+    _status, _, data = request(daemon.base_url, "GET", "/openapi.json")
     document = json.loads(data)
     app = daemon.daemon.build_app()
     for resource_route in app.router.routes():

@@ -1,0 +1,390 @@
+"""The runner process (`python -m localserve.runner --fd N`) over a real socket pair, and the
+framing it speaks. Tiny models always answer with their own character."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import socket
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from localserve.protocol import (
+    HEADER,
+    MAX_FRAME,
+    Frame,
+    ProtocolError,
+    encode_frame,
+    read_frame,
+    recv_frame,
+)
+
+TinyModelFactory = Callable[..., Path]
+TIMEOUT_S = 30.0
+
+
+class RunnerProcess:
+    """One runner subprocess and the daemon's end of its socket pair."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.sock, child = socket.socketpair()
+        self.sock.settimeout(TIMEOUT_S)
+        self.log = log.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "localserve.runner", "--fd", str(child.fileno())],
+            pass_fds=[child.fileno()],
+            env=env,
+            stdout=self.log,
+            stderr=self.log,
+        )
+        child.close()
+
+    def send(self, message: Frame) -> None:
+        self.sock.sendall(encode_frame(message))
+
+    def recv(self) -> Frame:
+        frame = recv_frame(self.sock)
+        assert frame is not None, "runner closed the socket"
+        return frame
+
+    def load(self, path: Path, num_ctx: int = 512) -> Frame:
+        self.send({"op": "load", "path": str(path), "num_ctx": num_ctx, "num_threads": 1})
+        return self.recv()
+
+    def generate(self, request_id: str, prompt: str, **options: Any) -> None:
+        options.setdefault("seed", 1)
+        self.send({"op": "generate", "id": request_id, "prompt": prompt, "options": options})
+
+    def collect(self, request_id: str) -> tuple[list[str], Frame]:
+        """Token texts until the request's done or error frame."""
+        texts: list[str] = []
+        while True:
+            frame = self.recv()
+            assert frame.get("id") == request_id, frame
+            if frame["event"] == "token":
+                texts.append(frame["text"])
+            else:
+                return texts, frame
+
+    def wait(self) -> int:
+        return self.proc.wait(TIMEOUT_S)
+
+    def close(self) -> None:
+        self.sock.close()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.log.close()
+
+
+@pytest.fixture
+def start_runner(
+    tmp_path: Path, subprocess_env: dict[str, str]
+) -> Iterator[Callable[[], RunnerProcess]]:
+    started: list[RunnerProcess] = []
+
+    def start() -> RunnerProcess:
+        runner = RunnerProcess(subprocess_env, tmp_path / f"runner-{len(started)}.log")
+        started.append(runner)
+        return runner
+
+    yield start
+    for runner in started:
+        runner.close()
+
+
+@pytest.fixture
+def runner(start_runner: Callable[[], RunnerProcess]) -> RunnerProcess:
+    """A runner that has said `ready`."""
+    proc = start_runner()
+    ready = proc.recv()
+    assert ready == {"event": "ready", "pid": proc.proc.pid}
+    return proc
+
+
+@pytest.fixture
+def loaded(runner: RunnerProcess, tiny_model: TinyModelFactory) -> RunnerProcess:
+    """A runner with a tiny model that answers "b"."""
+    frame = runner.load(tiny_model("b"))
+    assert frame["event"] == "loaded", frame
+    return runner
+
+
+# ---- lifecycle -----------------------------------------------------------------------------
+
+
+def test_runner_says_ready_with_its_pid(start_runner: Callable[[], RunnerProcess]) -> None:
+    proc = start_runner()
+    assert proc.recv() == {"event": "ready", "pid": proc.proc.pid}
+
+
+def test_load_reports_timing_memory_and_context(
+    runner: RunnerProcess, tiny_model: TinyModelFactory
+) -> None:
+    frame = runner.load(tiny_model("a"), num_ctx=512)
+    assert frame["event"] == "loaded"
+    assert frame["load_duration"] > 0
+    assert frame["rss"] > 0
+    assert frame["n_ctx"] == 512
+    assert frame["n_gpu_layers"] == 0
+
+
+def test_shutdown_exits_zero(loaded: RunnerProcess) -> None:
+    loaded.send({"op": "shutdown"})
+    assert loaded.wait() == 0
+
+
+def test_runner_exits_when_the_daemon_goes_away(loaded: RunnerProcess) -> None:
+    loaded.sock.close()
+    assert loaded.wait() == 0
+
+
+def test_stats_reports_resident_memory(loaded: RunnerProcess) -> None:
+    loaded.send({"op": "stats"})
+    frame = loaded.recv()
+    assert frame["event"] == "stats"
+    assert frame["rss"] > 0
+
+
+def test_stats_answers_before_any_model_is_loaded(runner: RunnerProcess) -> None:
+    runner.send({"op": "stats"})
+    assert runner.recv()["rss"] > 0
+
+
+# ---- generation ----------------------------------------------------------------------------
+
+
+def test_generate_streams_the_models_answer_and_counts_tokens(loaded: RunnerProcess) -> None:
+    loaded.generate("r1", "Hello there", num_predict=7)
+    texts, done = loaded.collect("r1")
+    assert "".join(texts) == "b" * 7
+    assert done["event"] == "done"
+    assert done["done_reason"] == "length"
+    assert done["eval_count"] == 7
+    assert done["prompt_eval_count"] > 0
+    for key in ("prompt_eval_duration", "eval_duration"):
+        assert isinstance(done[key], int)
+        assert done[key] >= 0
+
+
+def test_each_model_answers_with_its_own_character(
+    start_runner: Callable[[], RunnerProcess], tiny_model: TinyModelFactory
+) -> None:
+    for char in "xq":
+        proc = start_runner()
+        proc.recv()
+        assert proc.load(tiny_model(char))["event"] == "loaded"
+        proc.generate("r", "hi", num_predict=3)
+        texts, _ = proc.collect("r")
+        assert "".join(texts) == char * 3
+
+
+def test_requests_queue_and_keep_their_ids(loaded: RunnerProcess) -> None:
+    loaded.generate("first", "one", num_predict=2)
+    loaded.generate("second", "two", num_predict=3)
+    first, done_first = loaded.collect("first")
+    second, done_second = loaded.collect("second")
+    assert (len(first), done_first["eval_count"]) == (2, 2)
+    assert (len(second), done_second["eval_count"]) == (3, 3)
+
+
+def test_num_predict_zero_generates_nothing(loaded: RunnerProcess) -> None:
+    loaded.generate("r0", "hi", num_predict=0)
+    texts, done = loaded.collect("r0")
+    assert texts == []
+    assert done["eval_count"] == 0
+
+
+def test_stop_sequence_ends_generation_with_reason_stop(loaded: RunnerProcess) -> None:
+    loaded.generate("rs", "hi", num_predict=20, stop=["bbb"])
+    texts, done = loaded.collect("rs")
+    assert done["done_reason"] == "stop"
+    assert "bbb" not in "".join(texts)
+
+
+def test_generation_stops_when_the_context_window_is_full(
+    runner: RunnerProcess, tiny_model: TinyModelFactory
+) -> None:
+    assert runner.load(tiny_model("b"), num_ctx=64)["n_ctx"] == 64
+    runner.generate("full", "hi", num_predict=1000)
+    texts, done = runner.collect("full")
+    assert done["event"] == "done"
+    assert done["done_reason"] == "length"
+    assert 0 < len(texts) < 64
+
+
+def test_cancel_mid_generation_ends_with_reason_cancel(
+    runner: RunnerProcess, tiny_model: TinyModelFactory
+) -> None:
+    assert runner.load(tiny_model("b"), num_ctx=8192)["event"] == "loaded"
+    runner.generate("long", "hi", num_predict=100_000)
+    assert runner.recv()["event"] == "token"
+    runner.send({"op": "cancel", "id": "long"})
+    texts, done = runner.collect("long")
+    assert done["event"] == "done"
+    assert done["done_reason"] == "cancel"
+    assert done["eval_count"] < 8000
+    # The runner goes on serving.
+    runner.generate("after", "hi", num_predict=2)
+    texts, done = runner.collect("after")
+    assert (texts, done["done_reason"]) == (["b", "b"], "length")
+
+
+def test_cancel_of_an_unknown_request_is_harmless(loaded: RunnerProcess) -> None:
+    loaded.send({"op": "cancel", "id": "nobody"})
+    loaded.generate("r", "hi", num_predict=2)
+    _, done = loaded.collect("r")
+    assert done["done_reason"] == "length"
+
+
+@pytest.mark.parametrize("prompt_chars", [100, 300, 2000])
+def test_prompt_longer_than_the_context_is_a_bad_request(
+    runner: RunnerProcess, tiny_model: TinyModelFactory, prompt_chars: int
+) -> None:
+    # num_ctx=64 is below llama.cpp's own minimum context (256): the limit must still hold.
+    assert runner.load(tiny_model("b"), num_ctx=64)["event"] == "loaded"
+    runner.generate("big", "x" * prompt_chars, num_predict=5)
+    texts, frame = runner.collect("big")
+    assert texts == []
+    assert frame["event"] == "error"
+    assert frame["kind"] == "bad_request"
+    assert "num_ctx" in frame["message"]
+    # Still usable afterwards.
+    runner.generate("small", "hi", num_predict=2)
+    texts, _ = runner.collect("small")
+    assert "".join(texts) == "bb"
+
+
+def test_generate_before_load_is_an_error(runner: RunnerProcess) -> None:
+    runner.generate("early", "hi", num_predict=2)
+    _, frame = runner.collect("early")
+    assert frame["event"] == "error"
+    assert "no model loaded" in frame["message"]
+
+
+def test_unknown_op_is_a_bad_request(loaded: RunnerProcess) -> None:
+    loaded.send({"op": "dance", "id": "d1"})
+    frame = loaded.recv()
+    assert (frame["event"], frame["id"], frame["kind"]) == ("error", "d1", "bad_request")
+
+
+# ---- load failures -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", ["not_gguf", "cut_tensor_data", "corrupt_header", "missing"])
+def test_loading_a_broken_file_fails_and_the_runner_exits_non_zero(
+    runner: RunnerProcess, tiny_model: TinyModelFactory, tmp_path: Path, variant: str
+) -> None:
+    good = tiny_model("a").read_bytes()
+    path = tmp_path / "broken.gguf"
+    if variant == "not_gguf":
+        path.write_bytes(b"not a model at all\n" * 100)
+    elif variant == "cut_tensor_data":
+        path.write_bytes(good[:-4096])
+    elif variant == "corrupt_header":
+        path.write_bytes(good[:8] + (2**40).to_bytes(8, "little") + good[16:])
+    frame = runner.load(path)
+    assert frame["event"] == "error"
+    assert frame["kind"] == "load_failed"
+    assert frame["message"]
+    assert runner.wait() != 0
+
+
+# ---- embeddings ----------------------------------------------------------------------------
+
+
+def test_embed_returns_one_normalised_vector_per_input(loaded: RunnerProcess) -> None:
+    loaded.send({"op": "embed", "id": "e1", "inputs": ["hello", "world", "!"]})
+    frame = loaded.recv()
+    assert frame["event"] == "embeddings", frame
+    assert frame["id"] == "e1"
+    vectors = frame["embeddings"]
+    assert len(vectors) == 3
+    for vector in vectors:
+        assert len(vector) == 64
+        assert math.isclose(math.sqrt(sum(x * x for x in vector)), 1.0, rel_tol=1e-3)
+    assert frame["prompt_eval_count"] > 0
+
+
+def test_embed_then_generate_still_works(loaded: RunnerProcess) -> None:
+    loaded.send({"op": "embed", "id": "e", "inputs": ["x"]})
+    assert loaded.recv()["event"] == "embeddings"
+    loaded.generate("g", "hi", num_predict=2)
+    texts, _ = loaded.collect("g")
+    assert "".join(texts) == "bb"
+
+
+def test_embed_refuses_an_overlong_input_without_truncate(
+    runner: RunnerProcess, tiny_model: TinyModelFactory
+) -> None:
+    assert runner.load(tiny_model("b"), num_ctx=64)["event"] == "loaded"
+    runner.send({"op": "embed", "id": "e", "inputs": ["y" * 500], "truncate": False})
+    frame = runner.recv()
+    assert (frame["event"], frame["kind"]) == ("error", "bad_request")
+
+
+# ---- framing -------------------------------------------------------------------------------
+
+
+def test_frames_round_trip_over_a_socket() -> None:
+    left, right = socket.socketpair()
+    with left, right:
+        messages = [{"op": "x", "id": "1", "text": "héllo ✓"}, {"event": "done", "n": [1, 2]}]
+        left.sendall(b"".join(encode_frame(m) for m in messages))
+        assert [recv_frame(right), recv_frame(right)] == messages
+        left.close()
+        assert recv_frame(right) is None  # clean end of stream
+
+
+def test_frame_header_is_big_endian_length() -> None:
+    frame = encode_frame({"a": 1})
+    (length,) = HEADER.unpack(frame[: HEADER.size])
+    assert length == len(frame) - HEADER.size
+    assert frame[:4] == length.to_bytes(4, "big")
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        HEADER.pack(MAX_FRAME + 1),  # absurd length
+        HEADER.pack(10) + b"{}",  # stream ends inside the body
+        b"\x00\x00",  # stream ends inside the header
+        HEADER.pack(2) + b"[]",  # not an object
+    ],
+)
+def test_malformed_frames_are_protocol_errors(payload: bytes) -> None:
+    left, right = socket.socketpair()
+    with left, right:
+        left.sendall(payload)
+        left.shutdown(socket.SHUT_WR)
+        with pytest.raises(ProtocolError):
+            recv_frame(right)
+
+
+async def test_async_reader_decodes_frames_and_a_clean_end() -> None:
+    reader = asyncio.StreamReader()
+    reader.feed_data(encode_frame({"event": "token", "id": "1", "text": "b"}))
+    reader.feed_data(encode_frame({"event": "done", "id": "1"}))
+    reader.feed_eof()
+    assert await read_frame(reader) == {"event": "token", "id": "1", "text": "b"}
+    assert await read_frame(reader) == {"event": "done", "id": "1"}
+    assert await read_frame(reader) is None
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [HEADER.pack(MAX_FRAME + 1), HEADER.pack(10) + b"{}", b"\x00\x00", HEADER.pack(2) + b"[]"],
+)
+async def test_async_reader_refuses_malformed_frames(payload: bytes) -> None:
+    reader = asyncio.StreamReader()
+    reader.feed_data(payload)
+    reader.feed_eof()
+    with pytest.raises(ProtocolError):
+        await read_frame(reader)

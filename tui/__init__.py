@@ -1,0 +1,1 @@
+"""The Textual TUI (installed as `localserve.tui`); an HTTP client of the daemon only."""
