@@ -4,7 +4,7 @@ Each frame is a 4-byte big-endian length followed by that many bytes of UTF-8 JS
 (one object). Both directions use the same framing over a Unix socket pair.
 
 Daemon -> runner (`op`):
-    load      {op, path, num_ctx, num_gpu, num_threads, num_batch}
+    load      {op, path, num_ctx, num_gpu, num_threads, num_parallel}  num_ctx is per slot
     generate  {op, id, prompt, options, format?}   format: "json" or a schema
     embed     {op, id, inputs, truncate, normalize}
     cancel    {op, id}

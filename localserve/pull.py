@@ -310,12 +310,16 @@ class Puller:
             yield {"status": "success"}
             return
 
-        def start(transfer: _Transfer) -> Awaitable[str]:
-            return self._download(transfer, hub, listing, file)
+        if await asyncio.to_thread(self.store.has_blob, digest):
+            yield self._progress(digest, file.size, file.size)
+        else:
 
-        transfer = self._join(digest, file.size, digest, start)
-        async for update in self._follow(transfer):
-            yield update
+            def start(transfer: _Transfer) -> Awaitable[str]:
+                return self._download(transfer, hub, listing, file)
+
+            transfer = self._join(digest, file.size, digest, start)
+            async for update in self._follow(transfer):
+                yield update
         yield {"status": "verifying sha256 digest"}
         yield {"status": "writing manifest"}
         await asyncio.to_thread(self.store.create_model, name, digest, source=source)
@@ -487,6 +491,15 @@ class Puller:
         self._transfers[key] = transfer
         return transfer
 
+    @staticmethod
+    def _progress(digest: str, total: int, completed: int) -> Progress:
+        return {
+            "status": f"pulling {digest.removeprefix('sha256:')[:12]}",
+            "digest": digest,
+            "total": total,
+            "completed": completed,
+        }
+
     async def _follow(self, transfer: _Transfer) -> AsyncIterator[Progress]:
         """Progress of a shared transfer, at most every `progress_interval`, plus the last.
         The caller holds one of `transfer.users`; leaving lets go of it."""
@@ -501,12 +514,7 @@ class Puller:
                 digest = transfer.digest
                 if digest is not None and (transfer.completed != last or done):
                     last = transfer.completed
-                    yield {
-                        "status": f"pulling {digest.removeprefix('sha256:')[:12]}",
-                        "digest": digest,
-                        "total": transfer.total,
-                        "completed": transfer.completed,
-                    }
+                    yield self._progress(digest, transfer.total, last)
                 if done:
                     break
                 await asyncio.wait({task}, timeout=self.progress_interval)

@@ -149,6 +149,7 @@ class RunnerProcess:
         num_gpu: int,
         num_threads: int,
         timeout: float,
+        num_parallel: int = 1,
     ) -> LoadResult:
         await self._send(
             {
@@ -157,6 +158,7 @@ class RunnerProcess:
                 "num_ctx": num_ctx,
                 "num_gpu": num_gpu,
                 "num_threads": num_threads,
+                "num_parallel": num_parallel,
             }
         )
         try:

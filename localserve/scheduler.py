@@ -479,6 +479,7 @@ class Scheduler:
                 num_gpu=model.spec.num_gpu,
                 num_threads=self.settings.num_threads,
                 timeout=self.settings.load_timeout_s,
+                num_parallel=self.settings.num_parallel,
             )
         except BaseException as exc:
             if runner is not None:
