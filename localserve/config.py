@@ -134,6 +134,7 @@ class Settings:
     ram_reserve_bytes: int = 512 * 1024**2
     vram_reserve_bytes: int = 512 * 1024**2
     load_timeout_s: float = 300.0
+    spare_runner: bool = True
 
     @property
     def base_url(self) -> str:
@@ -202,6 +203,13 @@ def _coerce(name: str, raw: Any) -> Any:
             return Path(str(raw)).expanduser()
         if name == "api_key":
             return str(raw) or None
+        if name == "spare_runner":
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                raise ValueError(text)
+            return text in ("1", "true", "yes", "on")
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"invalid value for {name}: {raw!r}") from exc
     return raw
@@ -226,6 +234,7 @@ ENV_VARS: dict[str, str] = {
     "LOCALSERVE_RAM_RESERVE": "ram_reserve_bytes",
     "LOCALSERVE_VRAM_RESERVE": "vram_reserve_bytes",
     "LOCALSERVE_LOAD_TIMEOUT": "load_timeout_s",
+    "LOCALSERVE_SPARE_RUNNER": "spare_runner",
 }
 
 

@@ -150,6 +150,7 @@ class RunnerProcess:
         num_threads: int,
         timeout: float,
         num_parallel: int = 1,
+        tensor_split: list[float] | None = None,
     ) -> LoadResult:
         await self._send(
             {
@@ -159,6 +160,7 @@ class RunnerProcess:
                 "num_gpu": num_gpu,
                 "num_threads": num_threads,
                 "num_parallel": num_parallel,
+                "tensor_split": tensor_split,
             }
         )
         try:

@@ -28,7 +28,8 @@ from typing import Any, Protocol
 from localserve.config import Settings
 from localserve.errors import BusyError, LocalserveError, ModelTooLargeError, RunnerError
 from localserve.events import EventBus
-from localserve.gguf_info import ModelFacts, estimate_kv_cache_bytes
+from localserve.gguf_info import ModelFacts
+from localserve.gpu import GpuInfo, GpuProbe, NvmlGpuProbe, OffloadPlan, plan_offload
 from localserve.names import ModelName
 from localserve.runner_client import LoadResult, RunnerProcess
 
@@ -68,21 +69,18 @@ class ModelSpec:
     path: Path
     facts: ModelFacts
     num_ctx: int
-    num_gpu: int = 0
+    num_gpu: int | None = None  # layers on the GPU; None = choose from free VRAM
 
     @property
     def key(self) -> str:
         return self.name.display()
 
-    def estimate_bytes(self, num_parallel: int = 1) -> int:
-        kv = estimate_kv_cache_bytes(self.facts, self.num_ctx * num_parallel)
-        return self.facts.tensor_bytes + kv + COMPUTE_OVERHEAD_BYTES
-
 
 @dataclass(eq=False)
 class LoadedModel:
     spec: ModelSpec
-    estimate: int
+    estimate: int  # RAM bytes expected (the part not offloaded)
+    plan: OffloadPlan | None = None
     state: str = "loading"  # loading | ready | stopping
     runner: RunnerProcess | None = None
     in_flight: int = 0
@@ -95,10 +93,21 @@ class LoadedModel:
     measured: int = 0
     load_result: LoadResult | None = None
     unload_when_idle: bool = False
+    vram_measured: int = 0
 
     @property
     def size(self) -> int:
+        """RAM held (measured RSS once loaded, never below the estimate)."""
         return max(self.measured, self.estimate)
+
+    @property
+    def vram(self) -> int:
+        planned = self.plan.vram_bytes if self.plan else 0
+        return self.vram_measured or planned
+
+    @property
+    def per_gpu(self) -> tuple[int, ...]:
+        return self.plan.per_gpu if self.plan else ()
 
     @property
     def pinned(self) -> bool:
@@ -143,14 +152,18 @@ class Scheduler:
         events: EventBus | None = None,
         *,
         memory: MemoryProbe | None = None,
+        gpu: GpuProbe | None = None,
         runner_factory: RunnerFactory | None = None,
         pending_timeout_s: float = 120.0,
+        pressure_interval_s: float = 3.0,
     ) -> None:
         self.settings = settings
         self.events = events or EventBus()
         self.memory = memory or PsutilMemoryProbe()
-        self.runner_factory: RunnerFactory = runner_factory or spawn_runner
+        self.gpu: GpuProbe = gpu or NvmlGpuProbe()
+        self.runner_pool = SpareRunnerPool(runner_factory or spawn_runner, settings.spare_runner)
         self.pending_timeout_s = pending_timeout_s
+        self.pressure_interval_s = pressure_interval_s
         self.models: dict[str, LoadedModel] = {}
         self.stopping: dict[int, int] = {}  # runner pid -> bytes still held while it exits
         self.pending: list[_Pending] = []
@@ -164,6 +177,8 @@ class Scheduler:
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="scheduler")
+            if self.pressure_interval_s > 0:
+                self._spawn(self._watch_pressure(), "memory-pressure")
 
     async def close(self) -> None:
         """Refuse new work, fail waiting requests, stop every runner."""
@@ -184,6 +199,10 @@ class Scheduler:
         self._post(shutdown)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(done.wait(), 10)
+        for task in list(self._background):
+            if task.get_name() == "memory-pressure":
+                task.cancel()
+        await self.runner_pool.close()
         if self._background:
             await asyncio.wait(self._background, timeout=15)
         if self._task is not None:
@@ -262,8 +281,9 @@ class Scheduler:
                     "model": model.spec.key,
                     "digest": model.spec.digest,
                     "state": "stopping" if model.unload_when_idle else model.state,
-                    "size": model.size,
-                    "size_vram": 0,
+                    "size": model.size + model.vram,
+                    "size_vram": model.vram,
+                    "gpu_layers": model.plan.layers if model.plan else 0,
                     "context_length": model.spec.num_ctx,
                     "expires_at": expires,
                     "in_flight": model.in_flight,
@@ -408,20 +428,21 @@ class Scheduler:
                     model.waiters.append((pending.future, pending.keep_alive_s))
                 continue
             try:
-                victims = self._plan_room(spec)
+                room = self._plan_room(spec)
             except ModelTooLargeError as exc:
                 self.pending.remove(pending)
                 _fail(pending.future, exc)
                 continue
-            if victims is None:
+            if room is None:
                 continue  # not now: a busy model holds the memory
+            victims, plan = room
             for victim in victims:
                 self._unload(victim, "evicted", for_model=spec.key)
             self.pending.remove(pending)
-            self._start_load(spec, pending)
+            self._start_load(spec, pending, plan)
 
     def _budget(self) -> tuple[int, int]:
-        """(bytes available for new models now, bytes the loaded models hold)."""
+        """(RAM bytes available for new models now, RAM bytes our models hold)."""
         held = sum(m.size for m in self.models.values()) + sum(self.stopping.values())
         loading = sum(m.size for m in self.models.values() if m.state == "loading")
         if self.settings.max_ram_bytes is not None:
@@ -429,54 +450,124 @@ class Scheduler:
         available = self.memory.available_ram() - self.settings.ram_reserve_bytes - loading
         return available, held
 
-    def _plan_room(self, spec: ModelSpec) -> list[LoadedModel] | None:
-        """The idle models to evict so `spec` fits, or None to wait; raises if it never fits."""
-        need = spec.estimate_bytes(self.settings.num_parallel)
-        free, held = self._budget()
-        if need > free + held:
-            budget = free + held
-            raise ModelTooLargeError(
-                f"model {spec.key} needs about {need / 2**20:.0f} MiB but the memory budget is "
-                f"{max(budget, 0) / 2**20:.0f} MiB"
-            )
+    def _gpu_room(self, returned: list[LoadedModel]) -> list[GpuInfo]:
+        """GPUs as seen by a new load: free memory after our own models' allocations.
+
+        Our models' VRAM is counted from their plans (a loading model has not allocated
+        yet; NVML would not show it), other programs' use from NVML. `returned` models'
+        VRAM is counted as free (they are about to be evicted).
+        """
+        gpus = self.gpu.gpus()
+        ours_all = [0] * len(gpus)
+        ours_allocated = [0] * len(gpus)
+        for model in [*self.models.values()]:
+            for index, amount in enumerate(model.per_gpu[: len(gpus)]):
+                if model not in returned:
+                    ours_all[index] += amount
+                if model.state == "ready":
+                    ours_allocated[index] += amount
+        room = []
+        for index, info in enumerate(gpus):
+            others = max(0, info.used - ours_allocated[index])
+            free = max(0, info.total - others - ours_all[index])
+            room.append(GpuInfo(info.index, info.name, info.total, free, info.utilization))
+        return room
+
+    def _offload(self, spec: ModelSpec, returned: list[LoadedModel]) -> OffloadPlan:
+        held_vram = sum(m.vram for m in self.models.values() if m not in returned)
+        cap = None
+        if self.settings.max_vram_bytes is not None:
+            cap = max(0, self.settings.max_vram_bytes - held_vram)
+        return plan_offload(
+            spec.facts,
+            spec.num_ctx * self.settings.num_parallel,
+            self._gpu_room(returned),
+            reserve_bytes=self.settings.vram_reserve_bytes,
+            requested_layers=spec.num_gpu,
+            vram_cap=cap,
+            compute_overhead=COMPUTE_OVERHEAD_BYTES,
+        )
+
+    def _plan_room(self, spec: ModelSpec) -> tuple[list[LoadedModel], OffloadPlan] | None:
+        """The idle models to evict and the GPU split for `spec`, or None to wait.
+
+        Raises ModelTooLargeError when the model cannot fit even with nothing else loaded.
+        """
         candidates = sorted(
             (m for m in self.models.values() if m.idle),
             key=lambda m: (m.pinned, m.last_used),
         )
         victims: list[LoadedModel] = []
-        count = len(self.models)
+        plan = self._offload(spec, victims)
+        # Prefer a full GPU offload: evict idle models holding VRAM while that helps.
+        if not plan.full and spec.num_gpu is None and any(m.vram for m in candidates):
+            best_case = self._offload(spec, [m for m in candidates if m.vram])
+            if best_case.layers > plan.layers:
+                for victim in [m for m in candidates if m.vram]:
+                    victims.append(victim)
+                    plan = self._offload(spec, victims)
+                    if plan.full or plan.layers >= best_case.layers:
+                        break
+        need = plan.ram_bytes
+        free, held = self._budget()
+        free += sum(v.size for v in victims)
+        best_ram = self._offload(spec, list(self.models.values())).ram_bytes
+        if best_ram > free + held - sum(v.size for v in victims):
+            budget = free + held - sum(v.size for v in victims)
+            raise ModelTooLargeError(
+                f"model {spec.key} needs about {best_ram / 2**20:.0f} MiB of RAM but the "
+                f"memory budget is {max(budget, 0) / 2**20:.0f} MiB"
+            )
+        remaining = [m for m in candidates if m not in victims]
+        count = len(self.models) - len(victims)
         cap = self.settings.max_loaded
         while free < need or (cap and count >= cap):
-            if not candidates:
+            if not remaining:
                 return None
-            victim = candidates.pop(0)
+            victim = remaining.pop(0)
             victims.append(victim)
             free += victim.size
             count -= 1
-        return victims
+        return victims, plan
 
-    def _start_load(self, spec: ModelSpec, first: _Pending) -> None:
+    def _start_load(self, spec: ModelSpec, first: _Pending, plan: OffloadPlan) -> None:
         model = LoadedModel(
             spec=spec,
-            estimate=spec.estimate_bytes(self.settings.num_parallel),
+            estimate=plan.ram_bytes,
+            plan=plan,
             keep_alive_s=(
                 first.keep_alive_s if first.keep_alive_s is not None else self.settings.keep_alive_s
             ),
         )
         model.waiters.append((first.future, first.keep_alive_s))
         self.models[spec.key] = model
-        log.info("loading %s (estimated %.0f MiB)", spec.key, model.estimate / 2**20)
-        self._publish("load_started", model=spec.key, estimate=model.estimate)
+        log.info(
+            "loading %s: %d/%d layers on GPU, estimated %.0f MiB RAM + %.0f MiB VRAM",
+            spec.key,
+            plan.layers,
+            plan.total_layers,
+            plan.ram_bytes / 2**20,
+            plan.vram_bytes / 2**20,
+        )
+        self._publish(
+            "load_started",
+            model=spec.key,
+            estimate=model.estimate,
+            vram_estimate=plan.vram_bytes,
+            gpu_layers=plan.layers,
+        )
         self._spawn(self._load(model), f"load-{spec.key}")
 
     async def _load(self, model: LoadedModel) -> None:
         runner: RunnerProcess | None = None
         try:
-            runner = await self.runner_factory()
+            runner = await self.runner_pool.take()
+            plan = model.plan
             result = await runner.load(
                 str(model.spec.path),
                 num_ctx=model.spec.num_ctx,
-                num_gpu=model.spec.num_gpu,
+                num_gpu=plan.layers if plan else 0,
+                tensor_split=_tensor_split(plan),
                 num_threads=self.settings.num_threads,
                 timeout=self.settings.load_timeout_s,
                 num_parallel=self.settings.num_parallel,
@@ -500,6 +591,7 @@ class Scheduler:
         model.runner = runner
         model.load_result = result
         model.measured = result.rss
+        model.vram_measured = self.gpu.process_vram(runner.pid)
         model.loaded_at = time.time()
         runner.on_exit(lambda r: self._post(lambda: self._on_runner_exit(model, r)))
         log.info(
@@ -543,6 +635,33 @@ class Scheduler:
             self._publish("unloaded", model=model.spec.key, reason="crashed", pid=runner.pid)
         self._schedule()
 
+    async def _watch_pressure(self) -> None:
+        """Sample available RAM; when other programs push it under the reserve, reclaim."""
+        while True:
+            await asyncio.sleep(self.pressure_interval_s)
+            self._post(self._check_pressure)
+
+    def _check_pressure(self) -> None:
+        available = self.memory.available_ram()
+        reserve = self.settings.ram_reserve_bytes
+        if available >= reserve:
+            return
+        idle = sorted(
+            (m for m in self.models.values() if m.idle), key=lambda m: (m.pinned, m.last_used)
+        )
+        freed = 0
+        for model in idle:
+            if available + freed >= reserve:
+                break
+            log.warning(
+                "available RAM %.0f MiB is below the %.0f MiB reserve: unloading idle %s",
+                available / 2**20,
+                reserve / 2**20,
+                model.spec.key,
+            )
+            freed += model.size
+            self._unload(model, "reclaim", available=available, reserve=reserve)
+
     def _unload(self, model: LoadedModel, reason: str, **details: Any) -> None:
         if self.models.get(model.spec.key) is model:
             del self.models[model.spec.key]
@@ -556,6 +675,49 @@ class Scheduler:
         if runner is not None and runner.alive:
             self.stopping[runner.pid] = model.size
             self._spawn(runner.stop(), f"stop-{model.spec.key}")
+
+
+def _tensor_split(plan: OffloadPlan | None) -> list[float] | None:
+    """llama.cpp's tensor_split for a multi-GPU plan (proportions per GPU)."""
+    if plan is None or len(plan.per_gpu) < 2 or not sum(plan.per_gpu):
+        return None
+    total = sum(plan.per_gpu)
+    return [amount / total for amount in plan.per_gpu]
+
+
+class SpareRunnerPool:
+    """Keeps one runner process started ahead of need (llama_cpp already imported), so
+    a swap pays only for the model load. The first spare is made after the first load.
+    """
+
+    def __init__(self, factory: RunnerFactory, enabled: bool) -> None:
+        self._factory = factory
+        self._enabled = enabled
+        self._spare: asyncio.Task[RunnerProcess] | None = None
+
+    async def take(self) -> RunnerProcess:
+        spare, self._spare = self._spare, None
+        runner: RunnerProcess | None = None
+        if spare is not None:
+            with contextlib.suppress(Exception):
+                runner = await spare
+            if runner is not None and not runner.alive:
+                runner = None
+        if runner is None:
+            runner = await self._factory()
+        if self._enabled:
+            self._spare = asyncio.create_task(self._factory(), name="spare-runner")
+        return runner
+
+    async def close(self) -> None:
+        spare, self._spare = self._spare, None
+        if spare is None:
+            return
+        if not spare.done():
+            spare.cancel()
+        with contextlib.suppress(BaseException):
+            runner = await spare
+            await runner.stop()
 
 
 def _fail(future: asyncio.Future[Lease], error: BaseException) -> None:

@@ -28,6 +28,7 @@ from localserve.api_ollama import DAEMON_KEY
 from localserve.config import LOOPBACK_NAMES, Settings
 from localserve.errors import BusyError, LocalserveError
 from localserve.events import EventBus
+from localserve.gpu import GpuProbe
 from localserve.names import ModelName
 from localserve.scheduler import MemoryProbe, Scheduler
 from localserve.service import ModelService
@@ -265,11 +266,12 @@ class Daemon:
         settings: Settings,
         *,
         memory: MemoryProbe | None = None,
+        gpu: GpuProbe | None = None,
     ) -> None:
         self.settings = settings
         self.events = EventBus()
         self.store = Store(settings.models_dir)
-        self.scheduler = Scheduler(settings, self.events, memory=memory)
+        self.scheduler = Scheduler(settings, self.events, memory=memory, gpu=gpu)
         self.service = ModelService(settings, self.store, self.scheduler, self.events)
         self._runner: web.AppRunner | None = None
         self._puller: Any = None

@@ -53,7 +53,7 @@ class ModelService:
             path=self.store.blob_path(manifest.model_digest),
             facts=manifest.facts,
             num_ctx=num_ctx,
-            num_gpu=int(merged.get("num_gpu") or 0),
+            num_gpu=int(merged["num_gpu"]) if merged.get("num_gpu") is not None else None,
         )
         return ResolvedModel(stored, spec, merged)
 

@@ -13,16 +13,19 @@ from typing import Any
 
 from localserve.config import Settings
 from localserve.names import ModelName
+from localserve.gpu import GpuProbe, NoGpuProbe
 from localserve.scheduler import MemoryProbe
 from localserve.server import Daemon
 
 
 class DaemonThread:
-    def __init__(self, settings: Settings, memory: MemoryProbe | None = None) -> None:
+    def __init__(
+        self, settings: Settings, memory: MemoryProbe | None = None, gpu: GpuProbe | None = None
+    ) -> None:
         self.settings = settings
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.daemon = Daemon(settings, memory=memory)
+        self.daemon = Daemon(settings, memory=memory, gpu=gpu or NoGpuProbe())
         self.store = self.daemon.store
 
     @property
@@ -64,15 +67,19 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
         state_dir=tmp_path / "state",
         num_threads=2,
         default_num_ctx=512,
+        spare_runner=False,
     )
     return dataclasses.replace(base, **overrides)
 
 
 @contextmanager
 def running_daemon(
-    tmp_path: Path, memory: MemoryProbe | None = None, **overrides: Any
+    tmp_path: Path,
+    memory: MemoryProbe | None = None,
+    gpu: GpuProbe | None = None,
+    **overrides: Any,
 ) -> Iterator[DaemonThread]:
-    daemon = DaemonThread(make_settings(tmp_path, **overrides), memory=memory).start()
+    daemon = DaemonThread(make_settings(tmp_path, **overrides), memory=memory, gpu=gpu).start()
     try:
         yield daemon
     finally:
