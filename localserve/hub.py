@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
+import contextlib
 import hashlib
 import os
 import re
@@ -116,29 +118,38 @@ class HubClient(Protocol):
 
 
 class PartialWriter:
-    """Appends to a partial download on one worker thread, hashing as it goes.
+    """Appends to a partial download while hashing it, off the event loop.
 
-    Writes are queued (at most `max_pending` chunks) so that the network read on the event
-    loop overlaps with the disk write and the sha256 update, which both release the GIL.
-    After a failed write the writer refuses further chunks, so the file never has a gap.
+    Each chunk goes to two single-thread queues, one writing it and one hashing it (both
+    release the GIL), so the network read on the event loop, the disk write and the sha256
+    overlap. At most `max_pending` chunks wait. Every `flush_every` bytes a background
+    fdatasync starts, so the final fsync has little left to do. After a failed write the
+    writer refuses further chunks, so the file never has a gap.
     """
 
-    def __init__(self, path: Path, max_pending: int = 16) -> None:
+    def __init__(
+        self, path: Path, max_pending: int = 16, flush_every: int = 64 * 1024 * 1024
+    ) -> None:
         self.path = path
         self.size = 0  # bytes accepted so far, the resumed prefix included
         self._max_pending = max_pending
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="localserve-pull")
+        self._flush_every = flush_every
+        self._unflushed = 0
+        self._disk = ThreadPoolExecutor(max_workers=1, thread_name_prefix="localserve-write")
+        self._hash = ThreadPoolExecutor(max_workers=1, thread_name_prefix="localserve-hash")
+        self._sync = ThreadPoolExecutor(max_workers=1, thread_name_prefix="localserve-sync")
+        self._flushing: concurrent.futures.Future[None] | None = None
         self._pending: collections.deque[asyncio.Future[None]] = collections.deque()
         self._handle: IO[bytes] | None = None
         self._hasher = hashlib.sha256()
         self._failed: BaseException | None = None
 
-    async def _run(self, func: Callable[..., Any], *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, func, *args)
+    async def _on_disk_thread(self, func: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._disk, func, *args)
 
     async def open(self) -> int:
         """Open (or create) the partial, hash what it holds; return the resume offset."""
-        offset: int = await self._run(self._open_sync)
+        offset: int = await self._on_disk_thread(self._open_sync)
         self.size = offset
         return offset
 
@@ -162,7 +173,7 @@ class PartialWriter:
     async def restart(self) -> None:
         """Drop what the partial holds (the server ignored our Range, or it was too long)."""
         await self._drain()
-        await self._run(self._truncate_sync)
+        await self._on_disk_thread(self._truncate_sync)
         self.size = 0
 
     def _truncate_sync(self) -> None:
@@ -174,10 +185,11 @@ class PartialWriter:
     async def write(self, chunk: bytes) -> None:
         while self._pending and self._pending[0].done():
             self._pending.popleft().result()
-        if len(self._pending) >= self._max_pending:
+        while len(self._pending) >= 2 * self._max_pending:
             await self._pending.popleft()
         loop = asyncio.get_running_loop()
-        self._pending.append(loop.run_in_executor(self._executor, self._write, chunk))
+        self._pending.append(loop.run_in_executor(self._disk, self._write, chunk))
+        self._pending.append(loop.run_in_executor(self._hash, self._hasher.update, chunk))
         self.size += len(chunk)
 
     def _write(self, chunk: bytes) -> None:
@@ -189,7 +201,12 @@ class PartialWriter:
         except BaseException as exc:
             self._failed = exc
             raise
-        self._hasher.update(chunk)
+        self._unflushed += len(chunk)
+        if self._unflushed >= self._flush_every and (
+            self._flushing is None or self._flushing.done()
+        ):
+            self._unflushed = 0
+            self._flushing = self._sync.submit(os.fdatasync, self._handle.fileno())
 
     async def _drain(self) -> None:
         while self._pending:
@@ -198,20 +215,24 @@ class PartialWriter:
     async def finish(self) -> str:
         """Wait for every write, fsync, and return the digest of the whole file."""
         await self._drain()
-        digest: str = await self._run(self._finish_sync)
-        return digest
-
-    def _finish_sync(self) -> str:
-        assert self._handle is not None
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
+        await self._on_disk_thread(self._finish_sync)
         return "sha256:" + self._hasher.hexdigest()
 
+    def _finish_sync(self) -> None:
+        assert self._handle is not None
+        self._handle.flush()
+        if self._flushing is not None:
+            self._flushing.result()
+        os.fsync(self._handle.fileno())
+
     async def close(self) -> None:
-        """Close the file once queued writes are done; survives being cancelled meanwhile."""
+        """Close the file once queued work is done; survives being cancelled meanwhile."""
         loop = asyncio.get_running_loop()
-        closed = loop.run_in_executor(self._executor, self._close_sync)
-        self._executor.shutdown(wait=False)
+        closed = loop.run_in_executor(self._disk, self._close_sync)
+        for executor in (self._disk, self._hash, self._sync):
+            executor.shutdown(wait=False)
+        for pending in self._pending:  # after a failure: their errors are already reported
+            pending.add_done_callback(_ignore_result)
         self._pending.clear()
         cancelled = False
         while not closed.done():
@@ -223,9 +244,17 @@ class PartialWriter:
             raise asyncio.CancelledError
 
     def _close_sync(self) -> None:
+        if self._flushing is not None:
+            with contextlib.suppress(OSError):
+                self._flushing.result()
         if self._handle is not None:
             self._handle.close()
             self._handle = None
+
+
+def _ignore_result(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _origin(url: str) -> tuple[str, str]:
@@ -235,7 +264,8 @@ def _origin(url: str) -> tuple[str, str]:
 
 class HuggingFaceHub:
     """The real hub client. `endpoint` defaults to `HF_ENDPOINT`, `token` to `HF_TOKEN`
-    (or the token saved by `hf auth login`); both are read when the client is made."""
+    (or the token saved by `hf auth login`); both are read when the client is made.
+    `token=""` sends no token at all."""
 
     def __init__(
         self,
@@ -280,7 +310,9 @@ class HuggingFaceHub:
                     sha256=sha.lower() if sha and _SHA256.match(sha.lower()) else None,
                 )
             )
-        return RepoListing(repo_id=repo_id, revision=info.sha, files=tuple(files))
+        # The hub's own spelling of the id: it matches repo ids case-insensitively.
+        canonical = info.id if isinstance(info.id, str) and info.id else repo_id
+        return RepoListing(repo_id=canonical, revision=info.sha, files=tuple(files))
 
     # ---- download ----------------------------------------------------------------------
 

@@ -29,9 +29,11 @@ Decisions (the README repeats them):
   (`retries`, with backoff), each time resuming; when the retries run out the partial is
   kept and the error says to pull again. Ctrl-C (the pull cancelled) keeps it too. The
   sha256 is computed while writing and checked against the hub's LFS sha256 before the
-  blob is registered; on a mismatch the partial is deleted. On a full disk (checked before
-  starting: nothing is written; on ENOSPC while writing: the partial is deleted, to give
-  the space back) the store is unchanged.
+  blob is registered; on a mismatch the partial is deleted (and when the download had
+  resumed an older partial, which a crash may have left torn, it starts over once).
+  Disk full: checked before starting (nothing is written, the partial stays), and on
+  ENOSPC while writing the partial is deleted to give the space back; the store is
+  unchanged either way.
 - Blobs already in the store are not downloaded. Concurrent pulls of the same blob share
   one download and all see its progress; it stops when its last puller goes away.
 - The manifest records the source (`repo`, `revision` commit, `files`, `quant`). Pulling
@@ -204,6 +206,13 @@ class _Transfer:
     task: asyncio.Task[str] | None = None
 
 
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
 def _is_disk_full(exc: OSError) -> bool:
     return exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
@@ -350,31 +359,42 @@ class Puller:
             transfer.completed = transfer.total
             return digest
         partial = self.partial_path(digest)
-        if await asyncio.to_thread(self._free_space_short, partial, file.size):
-            raise DiskFullError()  # nothing written: the partial (if any) stays resumable
+        have = await asyncio.to_thread(_file_size, partial)
+        free = await asyncio.to_thread(self.store.disk_free)
+        if free < file.size - have:
+            # nothing written: the partial (if any) stays resumable
+            raise DiskFullError(
+                f"{file.path} needs {(file.size - have) / 2**20:.0f} MiB more, "
+                f"{free / 2**20:.0f} MiB free"
+            )
 
         def progress(done: int) -> None:
             transfer.completed = done
 
+        resumed = have > 0
         attempt = 0
         while True:
             try:
                 actual = await hub.download(
                     listing.repo_id, file, listing.revision, partial, progress
                 )
-                break
             except NetworkError:
                 attempt += 1
                 if attempt > self.retries:
                     raise
                 await asyncio.sleep(self.retry_delay * 2 ** (attempt - 1))
+                continue
             except OSError as exc:  # writing the partial failed: do not resume from it
                 partial.unlink(missing_ok=True)
                 if _is_disk_full(exc):
                     raise DiskFullError() from exc
                 raise
-        if actual != digest:
+            if actual == digest:
+                break
             partial.unlink(missing_ok=True)
+            if resumed:  # a stale or torn partial (say, after a crash): start over once
+                resumed = False
+                continue
             raise DigestMismatchError(
                 f"{file.path} from {listing.repo_id}: expected {digest}, got {actual}; "
                 "the download was deleted, pull again"
@@ -382,10 +402,6 @@ class Puller:
         await asyncio.to_thread(self.store.register_blob, partial, actual, digest)
         transfer.completed = transfer.total
         return digest
-
-    def _free_space_short(self, partial: Path, size: int) -> bool:
-        have = partial.stat().st_size if partial.is_file() else 0
-        return self.store.disk_free() < size - have
 
     # ---- from a local package ----------------------------------------------------------
 

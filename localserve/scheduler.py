@@ -608,6 +608,8 @@ class Scheduler:
             rss=result.rss,
             load_duration=result.load_duration_ns,
         )
+        # Start the next spare runner a little later, off the path of the first tokens.
+        asyncio.get_running_loop().call_later(1.0, self._post, self.runner_pool.refill)
         waiters, model.waiters = model.waiters, []
         for future, keep in waiters:
             self._grant(model, future, keep)
@@ -705,9 +707,12 @@ class SpareRunnerPool:
                 runner = None
         if runner is None:
             runner = await self._factory()
-        if self._enabled:
-            self._spare = asyncio.create_task(self._factory(), name="spare-runner")
         return runner
+
+    def refill(self) -> None:
+        """Start the next spare (called once a load is done, not to compete with it)."""
+        if self._enabled and self._spare is None:
+            self._spare = asyncio.create_task(self._factory(), name="spare-runner")
 
     async def close(self) -> None:
         spare, self._spare = self._spare, None

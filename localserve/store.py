@@ -45,13 +45,15 @@ MANIFEST_MEDIA_TYPE = "application/vnd.localserve.manifest.v1+json"
 CHUNK = 1024 * 1024
 # Unreferenced blobs younger than this survive collection (an upload awaiting /api/create).
 GC_GRACE_S = 600.0
+PARTIAL_MAX_AGE_S = 7 * 24 * 3600.0
 
 
 class DiskFullError(LocalserveError):
     status = 507
 
-    def __init__(self) -> None:
-        super().__init__("disk full: not enough space in the model store")
+    def __init__(self, detail: str = "") -> None:
+        message = "disk full: not enough space in the model store"
+        super().__init__(f"{message} ({detail})" if detail else message)
 
 
 @dataclass
@@ -348,6 +350,13 @@ class Store:
                 with contextlib.suppress(OSError):
                     if tmp.is_file() and now - tmp.stat().st_mtime >= max(grace_s, 3600):
                         tmp.unlink()
+            # Resumable pull downloads: kept a week after they were last written to.
+            partial_dir = self.tmp_dir / "partial"
+            if partial_dir.is_dir():
+                for partial in partial_dir.glob("*.partial"):
+                    with contextlib.suppress(OSError):
+                        if now - partial.stat().st_mtime >= PARTIAL_MAX_AGE_S:
+                            partial.unlink()
         return removed
 
     def disk_free(self) -> int:

@@ -578,3 +578,21 @@ def test_two_processes_writing_at_once_keep_the_store_consistent(
     assert names == {f"{p}{i}:latest" for p in "pq" for i in (0, 2, 4)} | {"contested:latest"}
     _assert_consistent(store)
     assert len(blob_files(store)) == 2
+
+
+def test_collect_garbage_drops_week_old_pull_partials_and_keeps_recent_ones(
+    tmp_path: Path,
+) -> None:
+    from localserve.store import PARTIAL_MAX_AGE_S, Store
+
+    store = Store(tmp_path / "store")
+    partial_dir = store.tmp_dir / "partial"
+    partial_dir.mkdir()
+    old = partial_dir / ("sha256-" + "1" * 64 + ".partial")
+    fresh = partial_dir / ("sha256-" + "2" * 64 + ".partial")
+    for path in (old, fresh):
+        path.write_bytes(b"x" * 10)
+    stale = time.time() - PARTIAL_MAX_AGE_S - 60
+    os.utime(old, (stale, stale))
+    store.collect_garbage()
+    assert not old.exists() and fresh.exists()
