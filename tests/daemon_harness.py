@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from localserve.config import Settings
-from localserve.names import ModelName
 from localserve.gpu import GpuProbe, NoGpuProbe
+from localserve.names import ModelName
 from localserve.scheduler import MemoryProbe
 from localserve.server import Daemon
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from gguf_factory import HEADS, LAYERS, VOCAB, WIDTH
+from gguf_factory import HEADS, LAYERS, VOCAB, WIDTH, write_tiny_gguf
 
 from localserve.errors import InvalidModelFileError
 from localserve.gguf_info import ModelFacts, estimate_kv_cache_bytes, read_model_facts
@@ -223,3 +223,17 @@ def test_smollm2_kv_cache_is_plausible(smollm2_facts: ModelFacts) -> None:
     assert estimate_kv_cache_bytes(smollm2_facts, 1) == 23_040
     size = estimate_kv_cache_bytes(smollm2_facts, 8192)
     assert 150 * 1024**2 < size < 250 * 1024**2
+
+
+def test_header_parser_agrees_with_ggufs_own_reader(tmp_path: Path) -> None:
+    """Our lean header reader must give the tensor sizes and fields gguf's reader gives."""
+    from gguf import GGUFReader
+
+    path = write_tiny_gguf(tmp_path / "x.gguf", "x", chat_template="{{ messages }}")
+    facts = read_model_facts(path)
+    reader = GGUFReader(path, "r")
+    assert facts.tensor_bytes == sum(int(t.n_bytes) for t in reader.tensors)
+    assert facts.parameter_count == sum(int(t.n_elements) for t in reader.tensors)
+    assert facts.chat_template == reader.get_field("tokenizer.chat_template").contents()
+    bos_id = reader.get_field("tokenizer.ggml.bos_token_id").contents()
+    assert facts.bos_token == reader.get_field("tokenizer.ggml.tokens").contents(bos_id)
