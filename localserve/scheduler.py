@@ -171,6 +171,7 @@ class Scheduler:
         self._task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._closed = False
+        self._queue_seen: dict[str, int] = {}
 
     # ---- lifecycle ---------------------------------------------------------------------
 
@@ -409,6 +410,25 @@ class Scheduler:
         """Serve what can be served now: attach, load (evicting idle models), or wait."""
         if self._closed:
             return
+        try:
+            self._schedule_pending()
+        finally:
+            self._publish_queue_changes()
+
+    def _publish_queue_changes(self) -> None:
+        """Publish (and log) each model's queue depth when it changes."""
+        keys = {p.spec.key for p in self.pending} | set(self.models) | set(self._queue_seen)
+        for key in keys:
+            depth = self._queue_depth(key)
+            if depth != self._queue_seen.get(key, 0):
+                log.debug("queue for %s: %d waiting", key, depth)
+                self._publish("queue", model=key, depth=depth)
+                if depth:
+                    self._queue_seen[key] = depth
+                else:
+                    self._queue_seen.pop(key, None)
+
+    def _schedule_pending(self) -> None:
         for pending in list(self.pending):
             if pending.future.done():
                 self.pending.remove(pending)
@@ -644,6 +664,10 @@ class Scheduler:
             self._post(self._check_pressure)
 
     def _check_pressure(self) -> None:
+        for model in self.models.values():  # later decisions use measured RSS
+            if model.state == "ready" and model.runner is not None and model.runner.rss:
+                model.measured = model.runner.rss
+                self._spawn(model.runner.refresh_stats(), "runner-stats")
         available = self.memory.available_ram()
         reserve = self.settings.ram_reserve_bytes
         if available >= reserve:

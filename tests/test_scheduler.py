@@ -40,6 +40,7 @@ class FakeRunner:
         self.pid = next(self.pids)
         self.alive = True
         self.active = 0
+        self.rss = 0
         self.load_args: dict[str, Any] = {}
         self._callbacks: list[Any] = []
 
@@ -47,6 +48,9 @@ class FakeRunner:
         self.load_args = {"path": path, **kwargs}
         await asyncio.sleep(0.001)
         return LoadResult(load_duration_ns=1000, rss=0, n_ctx=kwargs["num_ctx"])
+
+    async def refresh_stats(self) -> int:
+        return self.rss
 
     def on_exit(self, callback: Any) -> None:
         self._callbacks.append(callback)
@@ -234,6 +238,17 @@ async def test_a_model_that_can_never_fit_is_refused_and_nothing_is_unloaded(
         await world.acquire(spec("huge", mib=5000))
     assert "needs about" in info.value.message and "budget" in info.value.message
     assert world.loaded() == {"a"} and world.unloads("evicted") == []
+
+
+async def test_queue_changes_are_published(tmp_path: Path) -> None:
+    world = World(tmp_path, max_ram_bytes=budget_for(100))
+    lease = await world.acquire(spec("a"))
+    waiting = asyncio.ensure_future(world.acquire(spec("b")))
+    await world.settle()
+    world.release(lease)
+    world.release(await asyncio.wait_for(waiting, 2))
+    depths = [(e["model"], e["depth"]) for e in world.log if e["type"] == "queue"]
+    assert ("b:latest", 1) in depths and depths[-1] == ("b:latest", 0)
 
 
 async def test_concurrent_first_requests_load_the_model_once(tmp_path: Path) -> None:
