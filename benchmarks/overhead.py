@@ -47,8 +47,9 @@ def free_port() -> int:
 
 
 def prompt_for(round_: int, variant: str) -> str:
-    """Each variant gets its own prompt, so none reuses another's cached prefix fully."""
-    return PROMPTS[round_ % len(PROMPTS)].format(i=f"{round_}{variant}")
+    """A prompt that starts differently every time, so no run reuses a cached prefix and
+    every TTFT includes the whole prompt evaluation."""
+    return f"[{round_}{variant}] " + PROMPTS[round_ % len(PROMPTS)].format(i=round_)
 
 
 def in_process(llm: object, tokens: int, round_: int) -> list[tuple[float, float]]:
