@@ -37,8 +37,15 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# cli/ and tui/ install as localserve.cli / localserve.tui; mypy cannot follow that
+# mapping, so it checks a symlinked tree laid out as installed.
+TYPECHECK_TREE := build/typecheck
 typecheck: venv
-	$(BIN)/mypy
+	rm -rf $(TYPECHECK_TREE) && mkdir -p $(TYPECHECK_TREE)/localserve
+	ln -s $(CURDIR)/localserve/*.py $(CURDIR)/localserve/py.typed $(TYPECHECK_TREE)/localserve/
+	ln -s $(CURDIR)/cli $(TYPECHECK_TREE)/localserve/cli
+	ln -s $(CURDIR)/tui $(TYPECHECK_TREE)/localserve/tui
+	cd $(TYPECHECK_TREE) && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml -p localserve
 
 check: lint typecheck
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import time
@@ -13,7 +14,12 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from localserve import __version__
-from localserve.errors import BadRequestError, ConflictError, NotFoundError, TooLargeError
+from localserve.errors import (
+    BadRequestError,
+    LocalserveError,
+    NotFoundError,
+    TooLargeError,
+)
 from localserve.names import ModelName, parse_digest
 from localserve.options import (
     get_bool,
@@ -295,15 +301,18 @@ async def tags(request: web.Request) -> web.Response:
 
 async def ps(request: web.Request) -> web.Response:
     daemon = daemon_of(request)
+    snapshot = daemon.scheduler.snapshot()
+    # The same ID as /api/tags: the manifest's digest (the blob's if it was deleted).
+    digests = await asyncio.to_thread(_manifest_digests, daemon, [r["model"] for r in snapshot])
     rows = []
-    for row in daemon.scheduler.snapshot():
+    for row in snapshot:
         facts = row["facts"]
         rows.append(
             {
                 "name": row["model"],
                 "model": row["model"],
                 "size": row["size"],
-                "digest": row["digest"].removeprefix("sha256:"),
+                "digest": digests.get(row["model"], row["digest"]).removeprefix("sha256:"),
                 "details": {
                     "parent_model": "",
                     "format": "gguf",
@@ -322,6 +331,14 @@ async def ps(request: web.Request) -> web.Response:
             }
         )
     return web.json_response({"models": rows})
+
+
+def _manifest_digests(daemon: Daemon, names: list[str]) -> dict[str, str]:
+    found = {}
+    for name in names:
+        with contextlib.suppress(LocalserveError):
+            found[name] = daemon.store.get(ModelName.parse(name)).digest
+    return found
 
 
 async def show(request: web.Request) -> web.Response:
@@ -532,4 +549,4 @@ async def pull(request: web.Request) -> web.StreamResponse:
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-__all__ = ["DAEMON_KEY", "ConflictError", "Handler"]
+__all__ = ["DAEMON_KEY", "Handler"]

@@ -135,6 +135,7 @@ class Settings:
     vram_reserve_bytes: int = 512 * 1024**2
     load_timeout_s: float = 300.0
     spare_runner: bool = True
+    autostart: bool = True  # CLI commands start the daemon when nothing answers
 
     @property
     def base_url(self) -> str:
@@ -177,6 +178,15 @@ def _parse_bytes(text: str) -> int:
         raise ConfigError(f"invalid byte size: {text!r}") from exc
 
 
+def _parse_bool(raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+        raise ValueError(text)
+    return text in ("1", "true", "yes", "on")
+
+
 def _split_list(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
@@ -203,13 +213,8 @@ def _coerce(name: str, raw: Any) -> Any:
             return Path(str(raw)).expanduser()
         if name == "api_key":
             return str(raw) or None
-        if name == "spare_runner":
-            if isinstance(raw, bool):
-                return raw
-            text = str(raw).strip().lower()
-            if text not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
-                raise ValueError(text)
-            return text in ("1", "true", "yes", "on")
+        if name in ("spare_runner", "autostart"):
+            return _parse_bool(raw)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"invalid value for {name}: {raw!r}") from exc
     return raw
@@ -269,4 +274,6 @@ def load_settings(env: dict[str, str] | None = None, config_file: Path | None = 
     for var, name in ENV_VARS.items():
         if environ.get(var) not in (None, ""):
             values[name] = _coerce(name, environ[var])
+    if environ.get("LOCALSERVE_NO_AUTOSTART") not in (None, ""):
+        values["autostart"] = not _coerce("autostart", environ["LOCALSERVE_NO_AUTOSTART"])
     return replace(Settings(), **values)

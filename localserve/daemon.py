@@ -1,8 +1,8 @@
 """Run the localserve daemon in the background: start, stop, status, ensure running.
 
 The background daemon is the same server as `localserve serve`, started detached from the
-terminal (a new session, stdin from /dev/null) as `python -m localserve.daemon`, which
-imports only the core (never typer, rich or textual). Its files live in the state dir
+terminal (a new session, stdin from /dev/null) as `python -m localserve`, which imports
+only the core (never typer, rich or textual). Its files live in the state dir
 (`LOCALSERVE_STATE_DIR`, default: the platformdirs user state dir):
 
     localserve.pid    the daemon's pid, written by `start_background`, removed by `stop`
@@ -35,8 +35,8 @@ import psutil
 from filelock import FileLock
 
 from localserve.client import APIError, DaemonUnreachableError, LocalserveClient
-from localserve.config import Settings, load_settings
-from localserve.errors import ConfigError, LocalserveError
+from localserve.config import Settings
+from localserve.errors import LocalserveError
 
 PIDFILE_NAME = "localserve.pid"
 LOGFILE_NAME = "localserve.log"
@@ -120,8 +120,9 @@ def log_path(settings: Settings) -> Path:
 
 
 def default_command() -> list[str]:
-    """The command that runs the daemon in the foreground without the CLI's imports."""
-    return [sys.executable, "-m", "localserve.daemon"]
+    """The command that runs the daemon in the foreground without the CLI's imports
+    (`python -m localserve`, the same server as `localserve serve`)."""
+    return [sys.executable, "-m", "localserve"]
 
 
 # ---- probing ---------------------------------------------------------------------------
@@ -161,22 +162,35 @@ def is_answering(settings: Settings, timeout: float = PROBE_TIMEOUT_S) -> bool:
 # ---- pidfile ---------------------------------------------------------------------------
 
 
-def read_pidfile(settings: Settings) -> int | None:
+def _read_pidfile_fields(settings: Settings) -> tuple[int, float | None] | None:
+    """(pid, process start time) from the pidfile; the start time guards against pid
+    reuse (it is absent from pidfiles written by hand)."""
     try:
-        text = pidfile_path(settings).read_text().strip()
+        fields = pidfile_path(settings).read_text().split()
     except (OSError, UnicodeDecodeError):
         return None
     try:
-        pid = int(text.split()[0]) if text else 0
+        pid = int(fields[0]) if fields else 0
+        created = float(fields[1]) if len(fields) > 1 else None
     except ValueError:
         return None
-    return pid if pid > 0 else None
+    return (pid, created) if pid > 0 else None
+
+
+def read_pidfile(settings: Settings) -> int | None:
+    fields = _read_pidfile_fields(settings)
+    return fields[0] if fields else None
 
 
 def _write_pidfile(settings: Settings, pid: int) -> None:
+    """`<pid>\n<process start time>\n`, written atomically."""
+    try:
+        created = f"{psutil.Process(pid).create_time():.6f}\n"
+    except psutil.Error:
+        created = ""
     path = pidfile_path(settings)
     tmp = path.with_suffix(".pid.tmp")
-    tmp.write_text(f"{pid}\n")
+    tmp.write_text(f"{pid}\n{created}")
     os.replace(tmp, path)
 
 
@@ -184,12 +198,15 @@ def _remove_pidfile(settings: Settings) -> None:
     pidfile_path(settings).unlink(missing_ok=True)
 
 
-def _is_our_process(pid: int) -> bool:
-    """The pid is alive, not a zombie, and runs Python with localserve on its command line."""
+def _is_our_process(pid: int, created: float | None) -> bool:
+    """The pid is alive, not a zombie, and is the process the pidfile was written for:
+    same start time when the pidfile has one, else localserve on its command line."""
     try:
         process = psutil.Process(pid)
         if process.status() == psutil.STATUS_ZOMBIE:
             return False
+        if created is not None:
+            return abs(process.create_time() - created) < 0.01
         cmdline = " ".join(process.cmdline())
     except (psutil.NoSuchProcess, psutil.ZombieProcess):
         return False
@@ -200,10 +217,10 @@ def _is_our_process(pid: int) -> bool:
 
 def managed_pid(settings: Settings) -> int | None:
     """The pid from the pidfile when that process is a live localserve, else None."""
-    pid = read_pidfile(settings)
-    if pid is None or not _is_our_process(pid):
+    fields = _read_pidfile_fields(settings)
+    if fields is None or not _is_our_process(*fields):
         return None
-    return pid
+    return fields[0]
 
 
 def status(settings: Settings) -> DaemonStatus:
@@ -318,8 +335,7 @@ def start_background(
                 _terminate(child.pid, grace=5.0)
                 _remove_pidfile(settings)
                 raise DaemonStartError(
-                    f"localserve daemon did not answer at {settings.base_url} within "
-                    f"{timeout:g}s",
+                    f"localserve daemon did not answer at {settings.base_url} within {timeout:g}s",
                     path,
                     _log_tail(path, offset),
                 )
@@ -389,23 +405,3 @@ def stop(settings: Settings, *, timeout: float = STOP_TIMEOUT_S) -> bool:
     _terminate(pid, grace=timeout)
     _remove_pidfile(settings)
     return True
-
-
-# ---- foreground entry point ------------------------------------------------------------
-
-
-def main() -> int:
-    """`python -m localserve.daemon`: run the server in the foreground (what
-    `start_background` spawns); exit 2 on a configuration error."""
-    try:
-        settings = load_settings().validate()
-    except ConfigError as exc:
-        print(f"Error: {exc}", file=sys.stderr)
-        return 2
-    from localserve.server import serve
-
-    return serve(settings)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

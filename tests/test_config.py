@@ -274,3 +274,11 @@ def test_non_loopback_env_without_key_fails_validation(no_config: Path) -> None:
 def test_nonsense_limits_are_refused(settings: Settings) -> None:
     with pytest.raises(ConfigError):
         settings.validate()
+
+
+def test_no_autostart_env_turns_autostart_off(tmp_path: Path) -> None:
+    assert load_settings(env={}, config_file=tmp_path / "none.toml").autostart is True
+    settings = load_settings(env={"LOCALSERVE_NO_AUTOSTART": "1"}, config_file=tmp_path / "n")
+    assert settings.autostart is False
+    with pytest.raises(ConfigError):
+        load_settings(env={"LOCALSERVE_NO_AUTOSTART": "maybe"}, config_file=tmp_path / "n")

@@ -462,3 +462,10 @@ def test_version_and_root(daemon: DaemonThread) -> None:
     assert data == b"localserve is running"
     status, _, data = request(daemon.base_url, "HEAD", "/")
     assert status == 200
+
+
+def test_ps_and_tags_show_the_same_model_id(daemon: DaemonThread) -> None:
+    post_json(daemon.base_url, "/api/generate", {"model": "tiny"})
+    _, _, tags = request(daemon.base_url, "GET", "/api/tags")
+    _, _, ps = request(daemon.base_url, "GET", "/api/ps")
+    assert json.loads(ps)["models"][0]["digest"] == json.loads(tags)["models"][0]["digest"]

@@ -1,0 +1,365 @@
+"""Pure formatting helpers for the CLI, written to match Ollama's output.
+
+Sizes use decimal units like Ollama (`98 MB`, `4.7 GB`); relative times follow Ollama's
+`format.HumanTime` ("2 minutes ago", "4 minutes from now", "Forever"); durations in the
+`--verbose` lines use Go's `time.Duration` notation ("1.234567s", "12.5ms").
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+KB = 1000
+MB = 1000 * KB
+GB = 1000 * MB
+TB = 1000 * GB
+
+# A keep-alive expiry at or after this year means "never expires".
+FOREVER_YEAR = 2200
+
+COLUMN_PADDING = "    "
+
+
+def human_bytes(size: int | float) -> str:
+    """Ollama's format.HumanBytes: decimal units, one decimal below 10 when not whole."""
+    size = int(size)
+    if size >= TB:
+        value, unit = size / TB, "TB"
+    elif size >= GB:
+        value, unit = size / GB, "GB"
+    elif size >= MB:
+        value, unit = size / MB, "MB"
+    elif size >= KB:
+        value, unit = size / KB, "KB"
+    else:
+        return f"{size} B"
+    if value >= 10 or value == math.trunc(value):
+        return f"{int(value)} {unit}"
+    return f"{value:.1f} {unit}"
+
+
+def human_duration(seconds: float) -> str:
+    """Ollama's format.HumanDuration of a positive duration."""
+    whole = int(seconds)
+    if whole < 1:
+        return "Less than a second"
+    if whole == 1:
+        return "1 second"
+    if whole < 60:
+        return f"{whole} seconds"
+    minutes = int(seconds / 60)
+    if minutes == 1:
+        return "About a minute"
+    if minutes < 60:
+        return f"{minutes} minutes"
+    hours = round(seconds / 3600)
+    if hours == 1:
+        return "About an hour"
+    if hours < 48:
+        return f"{hours} hours"
+    if hours < 24 * 7 * 2:
+        return f"{hours // 24} days"
+    if hours < 24 * 30 * 2:
+        return f"{hours // 24 // 7} weeks"
+    if hours < 24 * 365 * 2:
+        return f"{hours // 24 // 30} months"
+    return f"{hours // 24 // 365} years"
+
+
+_FRACTION = re.compile(r"(\.\d{6})\d+")
+
+
+def parse_time(value: str | None) -> datetime | None:
+    """An RFC 3339 timestamp (any number of fractional digits, `Z` or offset) as an
+    aware datetime; None when missing or unparsable."""
+    if not value:
+        return None
+    text = _FRACTION.sub(r"\1", value.strip())
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    if parsed.year <= 1:  # Go's zero time
+        return None
+    return parsed
+
+
+def human_time(when: datetime | None, now: datetime | None = None, zero: str = "Never") -> str:
+    """Ollama's format.HumanTime: "2 minutes ago", "4 minutes from now", "Forever"."""
+    if when is None:
+        return zero
+    now = now or datetime.now(UTC)
+    if when.year >= FOREVER_YEAR:
+        return "Forever"
+    delta = (now - when).total_seconds()
+    if delta < -20 * 365 * 24 * 3600:
+        return "Forever"
+    if delta < 0:
+        return human_duration(-delta) + " from now"
+    return human_duration(delta) + " ago"
+
+
+def until_column(expires_at: str | None, now: datetime | None = None) -> str:
+    """The UNTIL column of `ps`: "4 minutes from now", "Forever", "Stopping..."."""
+    when = parse_time(expires_at)
+    now = now or datetime.now(UTC)
+    if when is not None and when.year < FOREVER_YEAR and when < now:
+        return "Stopping..."
+    return human_time(when, now)
+
+
+def processor_column(size: int, size_vram: int) -> str:
+    """The PROCESSOR column of `ps`, from the model's total and VRAM sizes."""
+    if size_vram <= 0:
+        return "100% CPU"
+    if size_vram == size:
+        return "100% GPU"
+    if size_vram > size or size <= 0:
+        return "Unknown"
+    cpu_percent = round((size - size_vram) / size * 100)
+    return f"{cpu_percent}%/{100 - cpu_percent}% CPU/GPU"
+
+
+def short_id(digest: str | None) -> str:
+    """The ID column: the first 12 hex digits of a digest (with or without `sha256:`)."""
+    if not digest:
+        return ""
+    return digest.split(":", 1)[-1][:12]
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Ollama's plain table: left-aligned columns, four spaces apart, no borders."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        for i, cell in enumerate(row):
+            widths[i] = max(widths[i], len(cell))
+    lines = []
+    for row in [list(headers), *rows]:
+        cells = [cell.ljust(widths[i]) for i, cell in enumerate(row)]
+        lines.append(COLUMN_PADDING.join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def list_rows(models: Sequence[Mapping[str, Any]], now: datetime | None = None) -> list[list[str]]:
+    """Rows of `localserve list` (NAME, ID, SIZE, MODIFIED) from /api/tags models."""
+    return [
+        [
+            str(m.get("name") or m.get("model") or ""),
+            short_id(m.get("digest")),
+            human_bytes(int(m.get("size") or 0)),
+            human_time(parse_time(m.get("modified_at")), now),
+        ]
+        for m in models
+    ]
+
+
+LIST_HEADERS = ("NAME", "ID", "SIZE", "MODIFIED")
+PS_HEADERS = ("NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL")
+
+
+def ps_rows(models: Sequence[Mapping[str, Any]], now: datetime | None = None) -> list[list[str]]:
+    """Rows of `localserve ps` (NAME, ID, SIZE, PROCESSOR, CONTEXT, UNTIL) from /api/ps."""
+    rows = []
+    for m in models:
+        size = int(m.get("size") or 0)
+        context = m.get("context_length")
+        rows.append(
+            [
+                str(m.get("name") or m.get("model") or ""),
+                short_id(m.get("digest")),
+                human_bytes(size),
+                processor_column(size, int(m.get("size_vram") or 0)),
+                str(context) if context else "",
+                "Stopping..."
+                if m.get("state") == "stopping"
+                else until_column(m.get("expires_at"), now),
+            ]
+        )
+    return rows
+
+
+# ---- Go durations and --verbose timings ------------------------------------------------
+
+
+def _fmt_fraction(value: int, digits: int) -> str:
+    """`value` / 10**digits with trailing zeros dropped (Go's fmtFrac)."""
+    whole, frac = divmod(value, 10**digits)
+    text = str(whole)
+    if frac:
+        text += "." + str(frac).rjust(digits, "0").rstrip("0")
+    return text
+
+
+def go_duration(nanoseconds: int) -> str:
+    """Go's time.Duration.String: "1.5s", "12.345ms", "1m2.5s", "0s"."""
+    ns = int(nanoseconds)
+    if ns == 0:
+        return "0s"
+    sign = "-" if ns < 0 else ""
+    ns = abs(ns)
+    if ns < 1_000:
+        return f"{sign}{ns}ns"
+    if ns < 1_000_000:
+        return f"{sign}{_fmt_fraction(ns, 3)}µs"
+    if ns < 1_000_000_000:
+        return f"{sign}{_fmt_fraction(ns, 6)}ms"
+    hours, rest = divmod(ns, 3600 * 10**9)
+    minutes, rest = divmod(rest, 60 * 10**9)
+    text = f"{_fmt_fraction(rest, 9)}s"
+    if hours:
+        text = f"{hours}h{minutes}m" + text
+    elif minutes:
+        text = f"{minutes}m" + text
+    return sign + text
+
+
+def _rate(count: int, duration_ns: int) -> float:
+    return count / (duration_ns / 1e9) if duration_ns > 0 else 0.0
+
+
+def timing_lines(final: Mapping[str, Any]) -> list[str]:
+    """Ollama's `run --verbose` summary from a final chunk (durations in nanoseconds)."""
+    total = int(final.get("total_duration") or 0)
+    load = int(final.get("load_duration") or 0)
+    prompt_count = int(final.get("prompt_eval_count") or 0)
+    prompt_ns = int(final.get("prompt_eval_duration") or 0)
+    eval_count = int(final.get("eval_count") or 0)
+    eval_ns = int(final.get("eval_duration") or 0)
+    return [
+        f"total duration:       {go_duration(total)}",
+        f"load duration:        {go_duration(load)}",
+        f"prompt eval count:    {prompt_count} token(s)",
+        f"prompt eval duration: {go_duration(prompt_ns)}",
+        f"prompt eval rate:     {_rate(prompt_count, prompt_ns):.2f} tokens/s",
+        f"eval count:           {eval_count} token(s)",
+        f"eval duration:        {go_duration(eval_ns)}",
+        f"eval rate:            {_rate(eval_count, eval_ns):.2f} tokens/s",
+    ]
+
+
+# ---- show ------------------------------------------------------------------------------
+
+
+def _parameter_count_text(value: Any) -> str:
+    try:
+        count = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    for scale, unit in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if count >= scale:
+            return f"{count / scale:.1f}{unit}".replace(".0" + unit, unit)
+    return str(int(count))
+
+
+def _model_info_value(info: Mapping[str, Any], suffix: str) -> Any:
+    for key, value in info.items():
+        if key.endswith(suffix):
+            return value
+    return None
+
+
+def parameters_text(parameters: Any) -> str:
+    """The show response's parameters (Ollama's text form, or a mapping) as text lines."""
+    if not parameters:
+        return ""
+    if isinstance(parameters, str):
+        return parameters.strip("\n")
+    lines = []
+    if isinstance(parameters, Mapping):
+        for name, value in parameters.items():
+            values = value if isinstance(value, list) else [value]
+            for item in values:
+                shown = json.dumps(item) if isinstance(item, str) else str(item)
+                lines.append(f"{name:<15} {shown}")
+    return "\n".join(lines)
+
+
+def _plain(value: Any) -> str:
+    if isinstance(value, list | tuple):
+        return ", ".join(map(str, value))
+    return str(value)
+
+
+def show_sections(data: Mapping[str, Any]) -> list[tuple[str, list[tuple[str, str]] | str]]:
+    """The sections of `localserve show MODEL`: (title, key/value rows or a text block)."""
+    details: Mapping[str, Any] = data.get("details") or {}
+    info: Mapping[str, Any] = data.get("model_info") or {}
+    architecture = info.get("general.architecture") or details.get("family") or ""
+    parameters = (
+        _parameter_count_text(info["general.parameter_count"])
+        if info.get("general.parameter_count")
+        else details.get("parameter_size", "")
+    )
+    context = _model_info_value(info, ".context_length")
+    embedding = _model_info_value(info, ".embedding_length")
+    model_rows = [
+        ("architecture", str(architecture)),
+        ("parameters", str(parameters)),
+        ("context length", str(context or "")),
+        ("embedding length", str(embedding or "")),
+        ("quantization", str(details.get("quantization_level", ""))),
+    ]
+    sections: list[tuple[str, list[tuple[str, str]] | str]] = [
+        ("Model", [(k, v) for k, v in model_rows if v])
+    ]
+    capabilities = data.get("capabilities")
+    if capabilities:
+        sections.append(("Capabilities", [(str(c), "") for c in capabilities]))
+    params = parameters_text(data.get("parameters"))
+    if params:
+        sections.append(("Parameters", params))
+    for key, title in (("system", "System"), ("template", "Template"), ("license", "License")):
+        value = data.get(key)
+        if value:
+            sections.append((title, str(value).strip("\n")))
+    source = data.get("source")
+    if source:
+        if isinstance(source, Mapping):
+            rows = [(str(k), _plain(v)) for k, v in source.items() if v not in (None, "", [])]
+            sections.append(("Source", rows))
+        else:
+            sections.append(("Source", str(source)))
+    return sections
+
+
+def render_show(data: Mapping[str, Any], max_block_lines: int = 10) -> str:
+    """Ollama's indented `show` layout. Long text blocks (templates) are cut to
+    `max_block_lines`; `show --template` prints them whole."""
+    out: list[str] = []
+    for title, body in show_sections(data):
+        out.append(f"  {title}")
+        if isinstance(body, str):
+            lines = body.splitlines()
+            if len(lines) > max_block_lines:
+                lines = [*lines[:max_block_lines], "..."]
+            out.extend(f"    {line}" for line in lines)
+        else:
+            width = max((len(k) for k, _ in body), default=0)
+            out.extend(f"    {k.ljust(width)}    {v}".rstrip() for k, v in body)
+        out.append("")
+    return "\n".join(out)
+
+
+def modelfile_text(name: str, data: Mapping[str, Any]) -> str:
+    """The show response's modelfile, or one assembled from its parts."""
+    modelfile = data.get("modelfile")
+    if modelfile:
+        return str(modelfile)
+    lines = [f"# Modelfile generated by localserve show {name}", f"FROM {name}"]
+    template = data.get("template")
+    if template:
+        lines.append(f'TEMPLATE """{template}"""')
+    system = data.get("system")
+    if system:
+        lines.append(f'SYSTEM """{system}"""')
+    for line in parameters_text(data.get("parameters")).splitlines():
+        if line.strip():
+            lines.append("PARAMETER " + " ".join(line.split(None, 1)))
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,70 @@
+"""Helpers for the CLI tests: free ports, the LOCALSERVE_* environment of a test daemon,
+and a handle on a running `localserve serve` for CliRunner invocations."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from typer.testing import CliRunner, Result
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def cli_env(base: Path, port: int, **extra: str) -> dict[str, str]:
+    """LOCALSERVE_* for a daemon whose store and state live under `base`."""
+    return {
+        "LOCALSERVE_HOST": f"127.0.0.1:{port}",
+        "LOCALSERVE_MODELS": str(base / "models"),
+        "LOCALSERVE_STATE_DIR": str(base / "state"),
+        "LOCALSERVE_CONFIG": str(base / "absent-config.toml"),
+        "LOCALSERVE_SPARE_RUNNER": "0",
+        "LOCALSERVE_NUM_THREADS": "2",
+        "LOCALSERVE_API_KEY": "",
+        **extra,
+    }
+
+
+def child_env(env: dict[str, str]) -> dict[str, str]:
+    full = {**os.environ, **env}
+    full["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), full.get("PYTHONPATH")) if p)
+    return full
+
+
+def wait_until_answering(url: str, process: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"daemon exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(url + "/api/version", timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError("daemon did not answer")
+
+
+@dataclass
+class CliDaemon:
+    """A running `localserve serve` and the environment that points the CLI at it."""
+
+    env: dict[str, str]
+    base_url: str
+    log: Path
+
+    def invoke(self, *args: str, input: str | None = None, **extra_env: str) -> Result:
+        from localserve.cli.app import app
+
+        runner = CliRunner()
+        return runner.invoke(app, list(args), input=input, env={**self.env, **extra_env})
