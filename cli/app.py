@@ -722,6 +722,37 @@ def stop(model: Annotated[str, typer.Argument(help="Model name.")]) -> None:
         asyncio.run(unload())
 
 
+@app.command()
+def pin(model: Annotated[str, typer.Argument(help="Model name.")]) -> None:
+    """Load a model and keep it loaded (evicted last, never expires)."""
+    _load_with_keep_alive(model, -1)
+    typer.echo(f"pinned {model}")
+
+
+@app.command()
+def unpin(
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    keepalive: Annotated[
+        str, typer.Option("--keepalive", help="Keep-alive from now on, e.g. 5m.")
+    ] = "5m",
+) -> None:
+    """Let a pinned model expire again after its keep-alive."""
+    _load_with_keep_alive(model, keepalive)
+    typer.echo(f"unpinned {model} (keep-alive {keepalive})")
+
+
+def _load_with_keep_alive(model: str, keep_alive: str | float) -> None:
+    settings = get_settings()
+    need_daemon(settings)
+
+    async def load() -> None:
+        async with make_client(settings) as client:
+            await client.load(model, keep_alive=keep_alive)
+
+    with cli_errors(model):
+        asyncio.run(load())
+
+
 # ---- create, pull ----------------------------------------------------------------------
 
 

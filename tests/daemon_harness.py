@@ -65,7 +65,7 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
         port=0,
         models_dir=tmp_path / "models",
         state_dir=tmp_path / "state",
-        num_threads=2,
+        num_threads=1,  # no oversubscription when tests share the 2 cores
         default_num_ctx=512,
         spare_runner=False,
     )

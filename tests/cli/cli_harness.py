@@ -30,7 +30,7 @@ def cli_env(base: Path, port: int, **extra: str) -> dict[str, str]:
         "LOCALSERVE_STATE_DIR": str(base / "state"),
         "LOCALSERVE_CONFIG": str(base / "absent-config.toml"),
         "LOCALSERVE_SPARE_RUNNER": "0",
-        "LOCALSERVE_NUM_THREADS": "2",
+        "LOCALSERVE_NUM_THREADS": "1",
         "LOCALSERVE_API_KEY": "",
         **extra,
     }

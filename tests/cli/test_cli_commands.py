@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -319,3 +320,39 @@ def test_ctrl_c_exits_130(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
     monkeypatch.setattr(cli, "pull_with_progress", interrupted)
     result = CliRunner().invoke(app, ["pull", "some-model"], env=cli_env(tmp_path, free_port()))
     assert result.exit_code == 130
+
+
+def test_pin_keeps_a_model_forever_and_unpin_lets_it_expire(
+    cli_daemon: CliDaemon, tiny_model: TinyModelFactory
+) -> None:
+    create(cli_daemon, "pinned", tiny_model("p"))
+    result = cli_daemon.invoke("pin", "pinned")
+    assert result.exit_code == 0, result.output
+    row = next(r for r in cli_daemon.invoke("ps").stdout.splitlines() if r.startswith("pinned"))
+    assert row.rstrip().endswith("Forever")
+    assert cli_daemon.invoke("unpin", "pinned", "--keepalive", "10m").exit_code == 0
+    row = next(r for r in cli_daemon.invoke("ps").stdout.splitlines() if r.startswith("pinned"))
+    assert "from now" in row
+    assert cli_daemon.invoke("pin", "no-such-model").exit_code == 4
+
+
+def test_run_smollm2_answers_with_real_text(cli_daemon: CliDaemon, smollm2_path: Path) -> None:
+    create(cli_daemon, "smollm2:135m", smollm2_path)
+    # A greedy variant, so the answer is the same every run.
+    body = {
+        "model": "smollm2:greedy",
+        "from": "smollm2:135m",
+        "stream": False,
+        "parameters": {"temperature": 0, "num_predict": 32},
+    }
+    request = urllib.request.Request(
+        cli_daemon.base_url + "/api/create", json.dumps(body).encode(), method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        assert json.loads(response.read())["status"] == "success"
+    result = cli_daemon.invoke(
+        "run", "smollm2:greedy", "What is the capital of France? Answer in one word.", "--verbose"
+    )
+    assert result.exit_code == 0, result.output
+    assert "Paris" in result.stdout
+    assert "eval rate:" in result.stderr
