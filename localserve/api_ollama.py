@@ -20,6 +20,7 @@ from localserve.errors import (
     NotFoundError,
     TooLargeError,
 )
+from localserve.gguf_info import ModelFacts
 from localserve.names import ModelName, parse_digest
 from localserve.options import (
     get_bool,
@@ -31,7 +32,7 @@ from localserve.options import (
 )
 from localserve.protocol import Frame
 from localserve.service import ResolvedModel, closing
-from localserve.store import Manifest, StoredModel
+from localserve.store import StoredModel
 from localserve.templates import validate_messages
 
 if TYPE_CHECKING:
@@ -71,8 +72,7 @@ def model_field(body: dict[str, Any]) -> str:
     return value
 
 
-def details_of(manifest: Manifest) -> dict[str, Any]:
-    facts = manifest.facts
+def details_of(facts: ModelFacts) -> dict[str, Any]:
     return {
         "parent_model": "",
         "format": "gguf",
@@ -91,7 +91,7 @@ def model_entry(stored: StoredModel) -> dict[str, Any]:
         "modified_at": stored.modified_at.isoformat().replace("+00:00", "Z"),
         "size": stored.manifest.model_size,
         "digest": stored.digest.removeprefix("sha256:"),
-        "details": details_of(stored.manifest),
+        "details": details_of(stored.manifest.facts),
     }
 
 
@@ -306,21 +306,13 @@ async def ps(request: web.Request) -> web.Response:
     digests = await asyncio.to_thread(_manifest_digests, daemon, [r["model"] for r in snapshot])
     rows = []
     for row in snapshot:
-        facts = row["facts"]
         rows.append(
             {
                 "name": row["model"],
                 "model": row["model"],
                 "size": row["size"],
                 "digest": digests.get(row["model"], row["digest"]).removeprefix("sha256:"),
-                "details": {
-                    "parent_model": "",
-                    "format": "gguf",
-                    "family": facts.architecture,
-                    "families": [facts.architecture],
-                    "parameter_size": facts.parameter_size,
-                    "quantization_level": facts.quantization,
-                },
+                "details": details_of(row["facts"]),
                 "expires_at": iso(row["expires_at"]) if row["expires_at"] else now_iso(),
                 "size_vram": row["size_vram"],
                 "context_length": row["context_length"],
@@ -363,7 +355,7 @@ async def show(request: web.Request) -> web.Response:
             "parameters": parameters,
             "template": template,
             "system": manifest.system or "",
-            "details": details_of(manifest),
+            "details": details_of(manifest.facts),
             "model_info": info,
             "capabilities": capabilities,
             "modified_at": stored.modified_at.isoformat().replace("+00:00", "Z"),
