@@ -108,16 +108,20 @@ def timing_fields(frame: Frame) -> dict[str, Any]:
 
 
 async def ndjson_response(
-    request: web.Request, items: AsyncIterator[dict[str, Any]]
+    request: web.Request, items: AsyncIterator[dict[str, Any]], *, hold: int = 1
 ) -> web.StreamResponse:
-    """Stream NDJSON. The first item is awaited before the headers go out, so an error
-    before any output gets its real HTTP status; a later error becomes an {"error"} line.
+    """Stream NDJSON. The first `hold` items are awaited before the headers go out, so an
+    error before them gets its real HTTP status; a later error becomes an {"error"} line.
     """
     async with closing(items):
-        first = await items.__anext__()
+        held = [await items.__anext__()]
+        with contextlib.suppress(StopAsyncIteration):
+            while len(held) < hold:
+                held.append(await items.__anext__())
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await response.prepare(request)
-        await response.write(json.dumps(first).encode() + b"\n")
+        for item in held:
+            await response.write(json.dumps(item).encode() + b"\n")
         try:
             async for item in items:
                 await response.write(json.dumps(item).encode() + b"\n")
@@ -529,7 +533,9 @@ async def pull(request: web.Request) -> web.StreamResponse:
     stream = get_bool(body, "stream", True)
     items = daemon.pull(name, raw_name)
     if stream:
-        return await ndjson_response(request, items)
+        # Hold "pulling manifest" until the hub answered: unknown repos and quants get
+        # their real status instead of an error line after a 200.
+        return await ndjson_response(request, items, hold=2)
     last: dict[str, Any] = {}
 
     def merge(item: dict[str, Any]) -> None:
