@@ -322,6 +322,8 @@ async def ps(request: web.Request) -> web.Response:
                 "context_length": row["context_length"],
                 "state": row["state"],
                 "in_flight": row["in_flight"],
+                "slots": row["slots"],
+                "slots_busy": row["slots_busy"],
                 "queue_depth": row["queue_depth"],
                 "pid": row["pid"],
             }

@@ -5,7 +5,8 @@ Each frame is a 4-byte big-endian length followed by that many bytes of UTF-8 JS
 
 Daemon -> runner (`op`):
     load      {op, path, num_ctx, num_gpu, num_threads, num_parallel}  num_ctx is per slot
-    generate  {op, id, prompt, options, format?}   format: "json" or a schema
+    generate  {op, id, prompt, options, format?}   format: "json" or a schema; requests
+              beyond the runner's num_parallel slots wait in the runner
     embed     {op, id, inputs, truncate, normalize}
     cancel    {op, id}
     stats     {op}
@@ -13,13 +14,15 @@ Daemon -> runner (`op`):
 
 Runner -> daemon (`event`):
     ready     {event, pid}                       the process is up, llama_cpp imported
-    loaded    {event, load_duration, rss, n_ctx, n_gpu_layers}
+    loaded    {event, load_duration, rss, n_ctx, slots, n_gpu_layers}  n_ctx per slot
     token     {event, id, text}                  one decoded piece of a generation
     done      {event, id, done_reason, prompt_eval_count, prompt_eval_duration,
-               eval_count, eval_duration}        durations in nanoseconds
+               eval_count, eval_duration}        durations in nanoseconds;
+                                                 prompt_eval_count counts only the prompt
+                                                 tokens evaluated (a reused prefix is not)
     embeddings{event, id, embeddings, prompt_eval_count}
     error     {event, id?, kind, message}        id absent for load errors
-    stats     {event, rss}
+    stats     {event, rss, slots, slots_busy}
 
 Every request carries an `id`, so one runner can hold several requests at once.
 """

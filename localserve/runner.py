@@ -1,10 +1,18 @@
-"""A runner process: `python -m localserve.runner --fd N` holds one `llama_cpp.Llama`.
+"""A runner process: `python -m localserve.runner --fd N` serves one model.
 
 The daemon starts it with one end of a Unix socket pair as fd N. The runner imports
 llama_cpp at once, says `ready`, then waits for `load`, so a runner can be started ahead of
-need. Requests are queued and run one at a time by the main thread; a reader thread
-handles `cancel` and `stats` at once, so a cancel takes effect at the next token.
-See localserve.protocol for the messages.
+need. Generation runs on localserve.batching.Engine: `num_parallel` slots of `num_ctx`
+tokens each in one llama.cpp context, decoded together (continuous batching), with
+prompt-prefix reuse per slot. Requests beyond the free slots wait in the engine's queue.
+
+Threads: a reader thread receives frames and puts every op on a queue (it answers `stats`
+itself, at once); the main thread takes all queued ops between engine steps (load,
+generate, embed, cancel), then runs one batched decode step, and blocks on the queue only
+while the engine has nothing to do. So a cancel takes effect before the next step. Frames
+go out under one send lock; the main thread's frames are sent together after each round
+(one write per decode step for all sequences). Embeddings use a separate embedding-mode
+`llama_cpp.Llama`, created on first use. See localserve.protocol for the messages.
 """
 
 from __future__ import annotations
@@ -18,29 +26,10 @@ import threading
 import time
 from typing import Any
 
+from localserve.batching import Engine, RequestError
 from localserve.protocol import Frame, encode_frame, recv_frame
 
-# Options that llama-cpp-python's create_completion takes under another name or not at all.
-_SAMPLING_OPTIONS = {
-    "temperature": ("temperature", float),
-    "top_p": ("top_p", float),
-    "top_k": ("top_k", int),
-    "min_p": ("min_p", float),
-    "typical_p": ("typical_p", float),
-    "repeat_penalty": ("repeat_penalty", float),
-    "presence_penalty": ("presence_penalty", float),
-    "frequency_penalty": ("frequency_penalty", float),
-    "seed": ("seed", int),
-    "mirostat": ("mirostat_mode", int),
-    "mirostat_tau": ("mirostat_tau", float),
-    "mirostat_eta": ("mirostat_eta", float),
-}
-
-
-class RequestError(Exception):
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
+__all__ = ["RequestError", "Runner", "main"]
 
 
 def _rss() -> int:
@@ -57,17 +46,27 @@ class Runner:
         self.sock = sock
         self.send_lock = threading.Lock()
         self.work: queue.Queue[Frame | None] = queue.Queue()
-        self.cancelled: set[str] = set()
-        self.cancel_lock = threading.Lock()
-        self.llm: Any = None
+        self.engine = Engine(self.post)
         self.embedder: Any = None
         self.load_params: Frame = {}
-        self.n_ctx = 0
+        self._outbox: list[bytes] = []  # the engine's frames, sent together after each step
 
     def send(self, message: Frame) -> None:
         data = encode_frame(message)
         with self.send_lock:
             self.sock.sendall(data)
+
+    def post(self, message: Frame) -> None:
+        """Queue a frame from the main thread; `flush` sends the queue in one write, so the
+        daemon wakes once per decode step rather than once per token of every sequence."""
+        self._outbox.append(encode_frame(message))
+
+    def flush(self) -> None:
+        if self._outbox:
+            data = b"".join(self._outbox)
+            self._outbox.clear()
+            with self.send_lock:
+                self.sock.sendall(data)
 
     # ---- reader thread -----------------------------------------------------------------
 
@@ -78,11 +77,16 @@ class Runner:
                 if message is None:
                     break
                 op = message.get("op")
-                if op == "cancel":
-                    with self.cancel_lock:
-                        self.cancelled.add(str(message.get("id")))
-                elif op == "stats":
-                    self.send({"event": "stats", "rss": _rss()})
+                if op == "stats":
+                    engine = self.engine
+                    self.send(
+                        {
+                            "event": "stats",
+                            "rss": _rss(),
+                            "slots": len(engine.slots),
+                            "slots_busy": engine.busy_slots,
+                        }
+                    )
                 elif op == "shutdown":
                     break
                 else:
@@ -92,153 +96,100 @@ class Runner:
         finally:
             self.work.put(None)
 
-    def is_cancelled(self, request_id: str) -> bool:
-        with self.cancel_lock:
-            return request_id in self.cancelled
-
     # ---- main thread -------------------------------------------------------------------
 
     def serve(self) -> int:
         threading.Thread(target=self.read_loop, name="runner-reader", daemon=True).start()
+        try:
+            return self._loop()
+        except OSError:
+            return 0  # the daemon went away while we were sending
+        finally:
+            self.engine.close()
+
+    def _loop(self) -> int:
         while True:
-            message = self.work.get()
-            if message is None:
-                return 0
-            op = message.get("op")
-            request_id = str(message.get("id", ""))
-            try:
-                if op == "load":
-                    self.load(message)
-                elif self.llm is None:
-                    raise RequestError("internal", "no model loaded")
-                elif op == "generate":
-                    self.generate(request_id, message)
-                elif op == "embed":
-                    self.embed(request_id, message)
-                else:
-                    raise RequestError("bad_request", f"unknown op {op!r}")
-            except RequestError as exc:
-                self.send(
-                    {"event": "error", "id": request_id, "kind": exc.kind, "message": str(exc)}
-                )
-                if op == "load":
+            # Block only when idle; otherwise take what has arrived and step.
+            messages: list[Frame | None] = []
+            if not self.engine.has_work:
+                messages.append(self.work.get())
+            while True:
+                try:
+                    messages.append(self.work.get_nowait())
+                except queue.Empty:
+                    break
+            for message in messages:
+                if message is None:
+                    self.flush()
+                    return 0
+                if not self.handle(message):
+                    self.flush()
                     return 1
-            except Exception as exc:
-                self.send(
-                    {"event": "error", "id": request_id, "kind": "internal", "message": repr(exc)}
+            self.flush()
+            if self.engine.has_work:
+                self.engine.step()
+                self.flush()
+
+    def handle(self, message: Frame) -> bool:
+        """Run one op; False when the runner must exit (a failed load)."""
+        op = message.get("op")
+        request_id = str(message.get("id", ""))
+        try:
+            if op == "load":
+                self.load(message)
+            elif op == "cancel":
+                self.engine.cancel(request_id)
+            elif not self.engine.loaded:
+                raise RequestError("internal", "no model loaded")
+            elif op == "generate":
+                self.engine.submit(
+                    request_id,
+                    str(message.get("prompt") or ""),
+                    dict(message.get("options") or {}),
+                    message.get("format"),
                 )
-                if op == "load":
-                    return 1
-            finally:
-                with self.cancel_lock:
-                    self.cancelled.discard(request_id)
+            elif op == "embed":
+                self.embed(request_id, message)
+            else:
+                raise RequestError("bad_request", f"unknown op {op!r}")
+        except RequestError as exc:
+            self.post({"event": "error", "id": request_id, "kind": exc.kind, "message": str(exc)})
+            return op != "load"
+        except Exception as exc:
+            self.post(
+                {"event": "error", "id": request_id, "kind": "internal", "message": repr(exc)}
+            )
+            return op != "load"
+        return True
 
     def load(self, message: Frame) -> None:
-        import llama_cpp
-
         started = time.perf_counter()
         self.load_params = message
+        path = str(message["path"])
+        if not os.path.isfile(path):
+            raise RequestError("load_failed", f"model file not found: {path}")
+        threads = int(message.get("num_threads") or os.cpu_count() or 1)
         try:
-            self.llm = llama_cpp.Llama(
-                model_path=str(message["path"]),
-                n_ctx=int(message.get("num_ctx", 2048)),
-                n_gpu_layers=int(message.get("num_gpu", 0)),
-                n_threads=int(message.get("num_threads") or os.cpu_count() or 1),
-                n_threads_batch=int(message.get("num_threads") or os.cpu_count() or 1),
-                n_batch=int(message.get("num_batch", 512)),
-                verbose=False,
+            info = self.engine.load(
+                path,
+                num_ctx=int(message.get("num_ctx", 2048)),
+                num_parallel=int(message.get("num_parallel") or 1),
+                num_gpu=int(message.get("num_gpu", 0)),
+                num_threads=threads,
+                num_batch=int(message.get("num_batch", 512)),
+                tensor_split=message.get("tensor_split") or None,
             )
         except (ValueError, RuntimeError, OSError) as exc:
             raise RequestError("load_failed", f"llama.cpp could not load the model: {exc}") from exc
-        # llama.cpp may round a small n_ctx up (to 256), but llama-cpp-python sizes its token
-        # buffer by the n_ctx it was given: a prompt between the two overflows that buffer.
-        # So the usable window is the smaller of the two.
-        requested = int(message.get("num_ctx", 2048))
-        actual = int(self.llm.n_ctx())
-        self.n_ctx = min(requested, actual) if requested > 0 else actual
-        self.send(
+        self.post(
             {
                 "event": "loaded",
                 "load_duration": int((time.perf_counter() - started) * 1e9),
                 "rss": _rss(),
-                "n_ctx": self.n_ctx,
+                "n_ctx": info.n_ctx,
+                "slots": info.slots,
                 "n_gpu_layers": int(message.get("num_gpu", 0)),
             }
-        )
-
-    def _tokenize(self, text: str) -> list[int]:
-        llm = self.llm
-        tokens: list[int] = llm.tokenize(text.encode(), add_bos=True, special=True)
-        bos = llm.token_bos()
-        if len(tokens) >= 2 and tokens[0] == bos and tokens[1] == bos:
-            tokens = tokens[1:]  # the template already wrote the BOS token
-        return tokens
-
-    def generate(self, request_id: str, message: Frame) -> None:
-        import llama_cpp
-
-        llm = self.llm
-        options: dict[str, Any] = dict(message.get("options") or {})
-        prompt = str(message.get("prompt") or "")
-        tokens = self._tokenize(prompt)
-        n_ctx = self.n_ctx
-        num_predict = int(options.get("num_predict", -1))
-        if len(tokens) >= n_ctx:
-            raise RequestError(
-                "bad_request",
-                f"prompt is {len(tokens)} tokens, more than the context window "
-                f"(num_ctx={n_ctx}); raise num_ctx or shorten the prompt",
-            )
-        if num_predict == 0:
-            self.send(_done(request_id, "length", len(tokens), 0, 0, 0))
-            return
-        kwargs: dict[str, Any] = {"temperature": 0.8, "top_k": 40, "top_p": 0.9, "min_p": 0.0}
-        for option, (name, cast) in _SAMPLING_OPTIONS.items():
-            if options.get(option) is not None:
-                kwargs[name] = cast(options[option])
-        stop = options.get("stop")
-        if isinstance(stop, str):
-            stop = [stop]
-        grammar = _grammar_for(message.get("format"))
-        ctx = llm._ctx.ctx
-        llama_cpp.llama_perf_context_reset(ctx)
-        started = time.perf_counter_ns()
-        first_token_at = 0
-        eval_count = 0
-        done_reason = "stop"
-        room = n_ctx - len(tokens)  # generation stops ("length") when the window is full
-        stream = llm.create_completion(
-            tokens,
-            max_tokens=min(num_predict, room) if num_predict > 0 else room,
-            stop=list(stop or []),
-            stream=True,
-            grammar=grammar,
-            **kwargs,
-        )
-        try:
-            for chunk in stream:
-                if self.is_cancelled(request_id):
-                    done_reason = "cancel"
-                    break
-                choice = chunk["choices"][0]
-                text = choice.get("text") or ""
-                if not first_token_at:
-                    first_token_at = time.perf_counter_ns()
-                if text:
-                    eval_count += 1
-                    self.send({"event": "token", "id": request_id, "text": text})
-                if choice.get("finish_reason"):
-                    done_reason = str(choice["finish_reason"])
-        finally:
-            stream.close()
-        ended = time.perf_counter_ns()
-        perf = llama_cpp.llama_perf_context(ctx)
-        prompt_eval_count = int(perf.n_p_eval) or len(tokens)
-        prompt_eval_ns = int(perf.t_p_eval_ms * 1e6) or max(first_token_at - started, 0)
-        eval_ns = int(perf.t_eval_ms * 1e6) or max(ended - (first_token_at or started), 0)
-        eval_count = max(int(perf.n_eval), eval_count)
-        self.send(
-            _done(request_id, done_reason, prompt_eval_count, prompt_eval_ns, eval_count, eval_ns)
         )
 
     def embed(self, request_id: str, message: Frame) -> None:
@@ -268,7 +219,7 @@ class Runner:
             self.embedder.embed(text, normalize=bool(message.get("normalize", True)), truncate=True)
             for text in inputs
         ]
-        self.send(
+        self.post(
             {
                 "event": "embeddings",
                 "id": request_id,
@@ -277,43 +228,6 @@ class Runner:
                 "prompt_eval_duration": time.perf_counter_ns() - started,
             }
         )
-
-
-def _grammar_for(fmt: Any) -> Any:
-    """A llama.cpp grammar for Ollama's `format`: "json" or a JSON schema object."""
-    import json
-
-    from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
-
-    if fmt in (None, ""):
-        return None
-    try:
-        if fmt == "json":
-            return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
-        if isinstance(fmt, dict):
-            return LlamaGrammar.from_json_schema(json.dumps(fmt), verbose=False)
-    except Exception as exc:
-        raise RequestError("bad_request", f"invalid format schema: {exc}") from exc
-    raise RequestError("bad_request", 'format must be "json" or a JSON schema object')
-
-
-def _done(
-    request_id: str,
-    reason: str,
-    prompt_eval_count: int,
-    prompt_eval_ns: int,
-    eval_count: int,
-    eval_ns: int,
-) -> Frame:
-    return {
-        "event": "done",
-        "id": request_id,
-        "done_reason": reason,
-        "prompt_eval_count": prompt_eval_count,
-        "prompt_eval_duration": prompt_eval_ns,
-        "eval_count": eval_count,
-        "eval_duration": eval_ns,
-    }
 
 
 def main(argv: list[str] | None = None) -> int:

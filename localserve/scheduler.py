@@ -70,6 +70,7 @@ class ModelSpec:
     facts: ModelFacts
     num_ctx: int
     num_gpu: int | None = None  # layers on the GPU; None = choose from free VRAM
+    num_parallel: int = 1  # slots: concurrent sequences in one context of num_ctx each
 
     @property
     def key(self) -> str:
@@ -288,6 +289,8 @@ class Scheduler:
                     "context_length": model.spec.num_ctx,
                     "expires_at": expires,
                     "in_flight": model.in_flight,
+                    "slots": model.spec.num_parallel,
+                    "slots_busy": min(model.in_flight, model.spec.num_parallel),
                     "queue_depth": self._queue_depth(model.spec.key),
                     "pid": model.runner.pid if model.runner else None,
                     "facts": model.spec.facts,
@@ -303,7 +306,7 @@ class Scheduler:
         waiting = sum(1 for p in self.pending if p.spec.key == key)
         if model is not None:
             waiting += len(model.waiters)
-            waiting += max(0, model.in_flight - self.settings.num_parallel)
+            waiting += max(0, model.in_flight - model.spec.num_parallel)
         return waiting
 
     def _on_acquire(
@@ -404,6 +407,7 @@ class Scheduler:
             model.spec.digest == spec.digest
             and model.spec.num_ctx == spec.num_ctx
             and model.spec.num_gpu == spec.num_gpu
+            and model.spec.num_parallel == spec.num_parallel
         )
 
     def _schedule(self) -> None:
@@ -500,7 +504,7 @@ class Scheduler:
             cap = max(0, self.settings.max_vram_bytes - held_vram)
         return plan_offload(
             spec.facts,
-            spec.num_ctx * self.settings.num_parallel,
+            spec.num_ctx * spec.num_parallel,
             self._gpu_room(returned),
             reserve_bytes=self.settings.vram_reserve_bytes,
             requested_layers=spec.num_gpu,
@@ -590,7 +594,7 @@ class Scheduler:
                 tensor_split=_tensor_split(plan),
                 num_threads=self.settings.num_threads,
                 timeout=self.settings.load_timeout_s,
-                num_parallel=self.settings.num_parallel,
+                num_parallel=model.spec.num_parallel,
             )
         except BaseException as exc:
             if runner is not None:

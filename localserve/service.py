@@ -54,6 +54,7 @@ class ModelService:
             facts=manifest.facts,
             num_ctx=num_ctx,
             num_gpu=int(merged["num_gpu"]) if merged.get("num_gpu") is not None else None,
+            num_parallel=int(merged.get("num_parallel") or self.settings.num_parallel),
         )
         return ResolvedModel(stored, spec, merged)
 

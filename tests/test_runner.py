@@ -388,3 +388,22 @@ async def test_async_reader_refuses_malformed_frames(payload: bytes) -> None:
     reader.feed_eof()
     with pytest.raises(ProtocolError):
         await read_frame(reader)
+
+
+def test_load_accepts_a_multi_gpu_tensor_split(
+    runner: RunnerProcess, tiny_model: TinyModelFactory
+) -> None:
+    """The scheduler's per-GPU split reaches llama.cpp (a CPU build ignores it)."""
+    runner.send(
+        {
+            "op": "load",
+            "path": str(tiny_model("a")),
+            "num_ctx": 512,
+            "num_threads": 1,
+            "tensor_split": [0.25, 0.75],
+        }
+    )
+    assert runner.recv()["event"] == "loaded"
+    runner.generate("r1", "x", num_predict=3)
+    texts, done = runner.collect("r1")
+    assert "".join(texts) == "aaa" and done["event"] == "done"

@@ -469,3 +469,18 @@ def test_ps_and_tags_show_the_same_model_id(daemon: DaemonThread) -> None:
     _, _, tags = request(daemon.base_url, "GET", "/api/tags")
     _, _, ps = request(daemon.base_url, "GET", "/api/ps")
     assert json.loads(ps)["models"][0]["digest"] == json.loads(tags)["models"][0]["digest"]
+
+
+def test_per_model_num_parallel_gives_slots_shown_in_ps(tmp_path: Path) -> None:
+    with running_daemon(tmp_path, default_num_ctx=32768) as d:
+        _long_model(tmp_path, d)
+        d.add_model("wide", tmp_path / "long.gguf", parameters={"num_parallel": 3})
+        long_body = {"model": "wide", "prompt": "x", "options": {"num_predict": 30000}}
+        streams = [_stream_lines(d.base_url, "/api/generate", long_body) for _ in range(2)]
+        for _, response in streams:
+            assert json.loads(response.readline())["response"] == "l"
+        _, _, data = request(d.base_url, "GET", "/api/ps")
+        (row,) = json.loads(data)["models"]
+        assert row["slots"] == 3 and row["slots_busy"] == 2 and row["queue_depth"] == 0
+        for conn, _ in streams:
+            conn.close()
