@@ -633,7 +633,7 @@ class Scheduler:
             load_duration=result.load_duration_ns,
         )
         # Start the next spare runner a little later, off the path of the first tokens.
-        asyncio.get_running_loop().call_later(1.0, self._post, self.runner_pool.refill)
+        asyncio.get_running_loop().call_later(0.25, self._post, self.runner_pool.refill)
         waiters, model.waiters = model.waiters, []
         for future, keep in waiters:
             self._grant(model, future, keep)
