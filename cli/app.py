@@ -855,6 +855,24 @@ def pull(
 
 
 @app.command()
+def tui(
+    readonly: Annotated[
+        bool, typer.Option("--readonly", help="Hide destructive actions (delete, unload).")
+    ] = False,
+    refresh: Annotated[
+        float, typer.Option("--refresh", min=0.1, help="Refresh interval in seconds.")
+    ] = 0.5,
+) -> None:
+    """The live dashboard: models, tokens/s, RAM and VRAM, chat, logs (alias: top)."""
+    from localserve.tui.app import run as run_tui
+
+    run_tui(readonly=readonly, refresh=refresh, settings=get_settings())
+
+
+app.command("top", help="Alias of `tui`.")(tui)
+
+
+@app.command()
 def version() -> None:
     """Print the daemon's and this client's versions (never starts the daemon)."""
     settings = get_settings()

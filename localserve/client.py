@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -280,11 +280,15 @@ class LocalserveClient:
     async def delete(self, model: str) -> None:
         await self._request("DELETE", "/api/delete", {"model": model})
 
-    async def events(self) -> AsyncIterator[JSON]:
-        """The daemon's server-sent event stream (`/api/events`), decoded."""
+    async def events(self, types: Sequence[str] | None = None) -> AsyncIterator[JSON]:
+        """The daemon's server-sent event stream (`/api/events`), decoded; `types` keeps
+        only those event types (e.g. `["system", "request_progress"]`)."""
+        params = {"types": ",".join(types)} if types else None
         try:
             async with self._get_session().get(
-                self.base_url + "/api/events", timeout=aiohttp.ClientTimeout(sock_connect=5)
+                self.base_url + "/api/events",
+                params=params,
+                timeout=aiohttp.ClientTimeout(sock_connect=5),
             ) as response:
                 await self._raise_for_status(response)
                 async for raw in response.content:

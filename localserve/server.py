@@ -29,6 +29,9 @@ from localserve.config import LOOPBACK_NAMES, Settings
 from localserve.errors import BusyError, LocalserveError
 from localserve.events import EventBus
 from localserve.gpu import GpuProbe
+from localserve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from localserve.metrics import Metrics
+from localserve.monitor import EventCoalescer, SystemMonitor
 from localserve.names import ModelName
 from localserve.scheduler import MemoryProbe, Scheduler
 from localserve.service import ModelService
@@ -236,27 +239,67 @@ async def openapi(request: web.Request) -> web.Response:
     return web.json_response(openapi_document(ROUTES + EXTRA_ROUTES))
 
 
+# -- monitoring (issue 6): /api/events coalesces for slow clients; /metrics ------------
+
+
 async def events(request: web.Request) -> web.StreamResponse:
-    """Server-sent events from the in-process bus (loads, unloads, requests, pulls)."""
+    """Server-sent events from the in-process bus: loads, unloads, requests and their
+    live token rates, queue changes, pulls, system samples (see localserve.monitor).
+
+    `?types=a,b` keeps only those event types. A task moves events from the bus into
+    this client's `EventCoalescer` as they come, so the bus queue never fills; while the
+    client is slow to read, newer samples replace queued ones and the buffer stays bounded.
+    """
     daemon = request.app[DAEMON_KEY]
+    wanted = {t for t in request.query.get("types", "").split(",") if t.strip()}
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
     )
     await response.prepare(request)
-    async with daemon.events.subscribe() as queue:
+    await response.write(b": localserve events\n\n")
+    buffer = EventCoalescer()
+
+    async def pump(queue: asyncio.Queue[dict[str, Any]]) -> None:
         while True:
-            try:
-                event = await asyncio.wait_for(queue.get(), 15)
-            except TimeoutError:
-                await response.write(b": keep-alive\n\n")
-                continue
-            line = f"event: {event['type']}\ndata: {json.dumps(event)}\n\n"
-            await response.write(line.encode())
+            event = await queue.get()
+            if not wanted or event["type"] in wanted:
+                buffer.push(event)
+
+    async with daemon.events.subscribe() as queue:
+        pumping = asyncio.create_task(pump(queue), name="sse-pump")
+        try:
+            while True:
+                batch = await buffer.wait(15)
+                if not batch:
+                    await response.write(b": keep-alive\n\n")
+                    continue
+                data = "".join(
+                    f"event: {event['type']}\ndata: {json.dumps(event, default=str)}\n\n"
+                    for event in batch
+                )
+                await response.write(data.encode())
+        finally:
+            pumping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pumping
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text exposition (localserve.metrics)."""
+    body = request.app[DAEMON_KEY].metrics.render()
+    return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
 
 
 EXTRA_ROUTES: list[Route] = [
     Route("GET", "/openapi.json", openapi, "This document"),
-    Route("GET", "/api/events", events, "Server-sent events: loads, unloads, requests, pulls"),
+    Route(
+        "GET",
+        "/api/events",
+        events,
+        "Server-sent events: loads, unloads, requests, token rates, pulls, system samples"
+        " (?types=a,b filters)",
+    ),
+    Route("GET", "/metrics", metrics, "Prometheus metrics (text format)"),
 ]
 
 
@@ -273,6 +316,9 @@ class Daemon:
         self.store = Store(settings.models_dir)
         self.scheduler = Scheduler(settings, self.events, memory=memory, gpu=gpu)
         self.service = ModelService(settings, self.store, self.scheduler, self.events)
+        # -- monitoring (issue 6): system samples on the bus; Prometheus registry
+        self.monitor = SystemMonitor(self.events, self.scheduler.snapshot, self.scheduler.gpu)
+        self.metrics = Metrics(self.events, self.scheduler.snapshot, lambda: self.monitor.latest)
         self._runner: web.AppRunner | None = None
         self._puller: Any = None
         self.port = settings.port
@@ -299,6 +345,7 @@ class Daemon:
     async def start(self) -> None:
         await asyncio.to_thread(self.store.collect_garbage)
         self.scheduler.start()
+        self.monitor.start()  # monitoring (issue 6)
         self._runner = web.AppRunner(
             self.build_app(), handler_cancellation=True, access_log=None, shutdown_timeout=5
         )
@@ -314,6 +361,7 @@ class Daemon:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        await self.monitor.stop()  # monitoring (issue 6)
         await self.scheduler.close()
         log.info("localserve stopped")
 

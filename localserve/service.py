@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from localserve.config import Settings
-from localserve.errors import BadRequestError
+from localserve.errors import BadRequestError, BusyError
 from localserve.events import EventBus
+from localserve.monitor import ProgressReporter, new_request_id
 from localserve.names import ModelName
 from localserve.protocol import Frame
 from localserve.scheduler import ModelSpec, Scheduler
@@ -110,11 +111,35 @@ class ModelService:
         Closing the iterator early (the client went away) cancels the generation.
         """
         started = time.perf_counter_ns()
-        lease = await self.scheduler.acquire(model.spec, keep_alive_s)
+        # -- monitoring (issue 6): a request id ties started/progress/finished/ended
+        # together; a request refused or abandoned while queued is reported as ended.
+        request_id = new_request_id()
+        try:
+            lease = await self.scheduler.acquire(model.spec, keep_alive_s)
+        except BaseException as exc:
+            refused = "rejected" if isinstance(exc, BusyError) else "error"
+            self.events.publish(
+                "request_ended",
+                request_id=request_id,
+                model=model.name,
+                endpoint=endpoint,
+                outcome="cancel" if isinstance(exc, asyncio.CancelledError) else refused,
+                error=str(exc) or type(exc).__name__,
+            )
+            raise
         load_ns = time.perf_counter_ns() - started
         first_token_ns = 0
         request_started = time.time()
-        self.events.publish("request_started", model=model.name, endpoint=endpoint)
+        self.events.publish(
+            "request_started", request_id=request_id, model=model.name, endpoint=endpoint
+        )
+        progress = ProgressReporter(
+            self.events,
+            model=model.name,
+            endpoint=endpoint,
+            request_id=request_id,
+            started=started / 1e9,
+        )
         outcome = "error"
         eval_count = 0
         try:
@@ -136,6 +161,7 @@ class ModelService:
                         }
                         self.events.publish(
                             "request_finished",
+                            request_id=request_id,
                             model=model.name,
                             endpoint=endpoint,
                             prompt_tokens=frame.get("prompt_eval_count", 0),
@@ -144,8 +170,10 @@ class ModelService:
                             tokens_per_second=_rate(eval_count, int(frame.get("eval_duration", 0))),
                             duration_s=time.time() - request_started,
                         )
-                    elif not first_token_ns:
-                        first_token_ns = time.perf_counter_ns()
+                    else:
+                        if not first_token_ns:
+                            first_token_ns = time.perf_counter_ns()
+                        progress.token()  # publishes request_progress every ~250 ms
                     yield frame
         except (asyncio.CancelledError, GeneratorExit):
             outcome = "cancel"
@@ -153,7 +181,15 @@ class ModelService:
         finally:
             lease.release(keep_alive_s)
             if outcome in ("cancel", "error"):
-                self.events.publish("request_ended", model=model.name, outcome=outcome)
+                self.events.publish(
+                    "request_ended",
+                    request_id=request_id,
+                    model=model.name,
+                    endpoint=endpoint,
+                    outcome=outcome,
+                    eval_count=progress.count,
+                    duration_s=time.time() - request_started,
+                )
 
     async def embed(
         self,

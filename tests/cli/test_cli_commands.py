@@ -356,3 +356,12 @@ def test_run_smollm2_answers_with_real_text(cli_daemon: CliDaemon, smollm2_path:
     assert result.exit_code == 0, result.output
     assert "Paris" in result.stdout
     assert "eval rate:" in result.stderr
+
+
+def test_tui_and_top_are_commands_with_readonly_and_refresh() -> None:
+    runner = CliRunner()
+    for name in ("tui", "top"):
+        result = runner.invoke(app, [name, "--help"])
+        assert result.exit_code == 0
+        assert "--readonly" in result.stdout and "--refresh" in result.stdout
+    assert runner.invoke(app, ["tui", "--refresh", "0"]).exit_code == 2

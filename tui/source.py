@@ -1,0 +1,48 @@
+"""The small interface between the TUI and the daemon.
+
+`localserve.client.LocalserveClient` implements it (the real one, over HTTP); tests and
+snapshots feed the app from a fake with fixed data instead of the network. Methods raise
+the client's error tree: `DaemonUnreachableError` when nothing answers (the app then
+shows its "daemon not reachable" screen), `APIError` subclasses for answers it refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, Protocol
+
+JSON = dict[str, Any]
+
+
+class DataSource(Protocol):
+    base_url: str
+
+    async def version(self) -> str: ...
+
+    async def ps(self) -> list[JSON]: ...
+
+    async def list_models(self) -> list[JSON]: ...
+
+    async def show(self, model: str) -> JSON: ...
+
+    async def delete(self, model: str) -> None: ...
+
+    async def load(self, model: str, keep_alive: str | float | None = None) -> JSON: ...
+
+    async def unload(self, model: str) -> JSON: ...
+
+    def pull(self, model: str) -> AsyncIterator[JSON]: ...
+
+    def chat(
+        self,
+        model: str,
+        messages: list[JSON],
+        *,
+        options: JSON | None = None,
+        format: str | JSON | None = None,
+        keep_alive: str | float | None = None,
+    ) -> AsyncIterator[JSON]: ...
+
+    def events(self, types: Sequence[str] | None = None) -> AsyncIterator[JSON]: ...
+
+    async def close(self) -> None: ...
