@@ -11,6 +11,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
+from fake_hf_server import FakeHub
+
 from localserve.config import Settings
 from localserve.gpu import GpuProbe, NoGpuProbe
 from localserve.names import ModelName
@@ -84,3 +87,19 @@ def running_daemon(
         yield daemon
     finally:
         daemon.stop()
+
+
+@contextmanager
+def running_daemon_with_hub(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hub: FakeHub
+) -> Iterator[DaemonThread]:
+    """A daemon whose pulls go to `hub` (started on the daemon's loop), with no HF token."""
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr("localserve.hub.get_token", lambda: None)
+    with running_daemon(tmp_path) as daemon:
+        daemon.call(hub.start())
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        try:
+            yield daemon
+        finally:
+            daemon.call(hub.stop())

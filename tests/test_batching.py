@@ -8,49 +8,29 @@ and counting; sampling equality and JSON mode use the real SmolLM2 (short genera
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import runner_harness
 
 from localserve.batching import RequestError, SamplingOptions, TextStream, common_prefix
-from localserve.protocol import Frame, encode_frame, recv_frame
+from localserve.protocol import Frame
 
 TIMEOUT_S = 120.0
 CHATML = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
 
 
-class Runner:
-    """A runner subprocess driven over a socket pair, with frames sorted by request id."""
+class Runner(runner_harness.RunnerProcess):
+    """A runner with frames sorted by request id, so several requests can run at once."""
 
     def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.sock, child = socket.socketpair()
-        self.sock.settimeout(TIMEOUT_S)
-        self.log = log.open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "localserve.runner", "--fd", str(child.fileno())],
-            pass_fds=[child.fileno()],
-            env=env,
-            stdout=self.log,
-            stderr=self.log,
-        )
-        child.close()
+        super().__init__(env, log, TIMEOUT_S)
         self.frames: dict[str, list[Frame]] = {}
         self.order: list[Frame] = []  # every frame, in arrival order
         assert self.recv()["event"] == "ready"
-
-    def send(self, message: Frame) -> None:
-        self.sock.sendall(encode_frame(message))
-
-    def recv(self) -> Frame:
-        frame = recv_frame(self.sock)
-        assert frame is not None, "runner closed the socket"
-        return frame
 
     def load(self, path: Path, num_ctx: int = 512, num_parallel: int = 4) -> Frame:
         self.send(
@@ -102,28 +82,10 @@ class Runner:
             if frame["event"] == "stats":
                 return frame
 
-    def close(self) -> None:
-        self.sock.close()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-        self.log.close()
-
 
 @pytest.fixture
 def start_runner(tmp_path: Path, subprocess_env: dict[str, str]) -> Iterator[Callable[[], Runner]]:
-    started: list[Runner] = []
-
-    def start() -> Runner:
-        runner = Runner(subprocess_env, tmp_path / f"runner-{len(started)}.log")
-        started.append(runner)
-        return runner
-
-    yield start
-    for runner in started:
-        runner.close()
+    yield from runner_harness.runner_starter(Runner, subprocess_env, tmp_path)
 
 
 # ---- the text stream ---------------------------------------------------------------------

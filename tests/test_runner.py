@@ -6,13 +6,12 @@ from __future__ import annotations
 import asyncio
 import math
 import socket
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import runner_harness
 
 from localserve.protocol import (
     HEADER,
@@ -28,29 +27,8 @@ TinyModelFactory = Callable[..., Path]
 TIMEOUT_S = 30.0
 
 
-class RunnerProcess:
-    """One runner subprocess and the daemon's end of its socket pair."""
-
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.sock, child = socket.socketpair()
-        self.sock.settimeout(TIMEOUT_S)
-        self.log = log.open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "localserve.runner", "--fd", str(child.fileno())],
-            pass_fds=[child.fileno()],
-            env=env,
-            stdout=self.log,
-            stderr=self.log,
-        )
-        child.close()
-
-    def send(self, message: Frame) -> None:
-        self.sock.sendall(encode_frame(message))
-
-    def recv(self) -> Frame:
-        frame = recv_frame(self.sock)
-        assert frame is not None, "runner closed the socket"
-        return frame
+class RunnerProcess(runner_harness.RunnerProcess):
+    """A runner driven one request at a time."""
 
     def load(self, path: Path, num_ctx: int = 512) -> Frame:
         self.send({"op": "load", "path": str(path), "num_ctx": num_ctx, "num_threads": 1})
@@ -71,33 +49,12 @@ class RunnerProcess:
             else:
                 return texts, frame
 
-    def wait(self) -> int:
-        return self.proc.wait(TIMEOUT_S)
-
-    def close(self) -> None:
-        self.sock.close()
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-        self.log.close()
-
 
 @pytest.fixture
 def start_runner(
     tmp_path: Path, subprocess_env: dict[str, str]
 ) -> Iterator[Callable[[], RunnerProcess]]:
-    started: list[RunnerProcess] = []
-
-    def start() -> RunnerProcess:
-        runner = RunnerProcess(subprocess_env, tmp_path / f"runner-{len(started)}.log")
-        started.append(runner)
-        return runner
-
-    yield start
-    for runner in started:
-        runner.close()
+    yield from runner_harness.runner_starter(RunnerProcess, subprocess_env, tmp_path)
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from daemon_harness import DaemonThread, running_daemon
+from daemon_harness import DaemonThread, running_daemon_with_hub
 from fake_hf_server import FakeHub
 from gguf_factory import write_tiny_gguf
 from test_server_api import ndjson, post_json, request
@@ -27,15 +27,8 @@ def daemon_and_hub(
             "tiny-Q8_0.gguf": write_tiny_gguf(tmp_path / "q8.gguf", "e"),
         },
     )
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.setattr("localserve.hub.get_token", lambda: None)
-    with running_daemon(tmp_path) as daemon:
-        daemon.call(hub.start())
-        monkeypatch.setenv("HF_ENDPOINT", hub.url)
-        try:
-            yield daemon, hub
-        finally:
-            daemon.call(hub.stop())
+    with running_daemon_with_hub(tmp_path, monkeypatch, hub) as daemon:
+        yield daemon, hub
 
 
 def test_pull_streams_ollama_progress_then_the_model_runs(

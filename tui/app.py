@@ -23,11 +23,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, ClassVar
 
 from textual import work
-from textual.app import App, SystemCommand
+from textual.app import App, ScreenStackError, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.screen import Screen
 from textual.timer import Timer
@@ -199,7 +199,10 @@ class LocalserveApp(App[None]):
                 state.needs_tags or now - self._last_tags >= TAGS_INTERVAL_S
             ):
                 self._poll_tags()
-        screen = self.screen
+        try:
+            screen = self.screen
+        except ScreenStackError:  # the app is shutting down: its screens are gone
+            return
         if isinstance(screen, MonitorScreen):
             screen.refresh_from_state()
 
@@ -300,17 +303,23 @@ class LocalserveApp(App[None]):
         self.state.needs_tags = True
         self.notify(f"pulled {model}")
 
+    async def _call_daemon(self, what: str, call: Awaitable[object]) -> bool:
+        """Await one daemon call; on failure tell the user (or show the unreachable screen)."""
+        try:
+            await call
+        except DaemonUnreachableError as exc:
+            self.connection_lost(str(exc))
+            return False
+        except ClientError as exc:
+            self.notify(f"{what}: {exc}", severity="error", timeout=10)
+            return False
+        return True
+
     @work(group="model-action")
     async def delete_model(self, model: str) -> None:
         if self._refused("delete"):
             return
-        try:
-            await self.source.delete(model)
-        except DaemonUnreachableError as exc:
-            self.connection_lost(str(exc))
-            return
-        except ClientError as exc:
-            self.notify(f"delete {model}: {exc}", severity="error", timeout=10)
+        if not await self._call_daemon(f"delete {model}", self.source.delete(model)):
             return
         self.state.set_installed([m for m in self.state.installed if m.get("name") != model])
         self.state.needs_tags = self.state.needs_ps = True
@@ -319,31 +328,17 @@ class LocalserveApp(App[None]):
     @work(group="model-action")
     async def load_model(self, model: str) -> None:
         self.notify(f"loading {model}...")
-        try:
-            await self.source.load(model)
-        except DaemonUnreachableError as exc:
-            self.connection_lost(str(exc))
-            return
-        except ClientError as exc:
-            self.notify(f"load {model}: {exc}", severity="error", timeout=10)
-            return
-        self.state.needs_ps = True
-        self.notify(f"loaded {model}")
+        if await self._call_daemon(f"load {model}", self.source.load(model)):
+            self.state.needs_ps = True
+            self.notify(f"loaded {model}")
 
     @work(group="model-action")
     async def unload_model(self, model: str) -> None:
         if self._refused("unload"):
             return
-        try:
-            await self.source.unload(model)
-        except DaemonUnreachableError as exc:
-            self.connection_lost(str(exc))
-            return
-        except ClientError as exc:
-            self.notify(f"unload {model}: {exc}", severity="error", timeout=10)
-            return
-        self.state.needs_ps = True
-        self.notify(f"unloaded {model}")
+        if await self._call_daemon(f"unload {model}", self.source.unload(model)):
+            self.state.needs_ps = True
+            self.notify(f"unloaded {model}")
 
     # ---- command palette ------------------------------------------------------------------
 

@@ -112,6 +112,18 @@ def set_text(widget: Static, text: Text) -> None:
     widget._last_text = text  # type: ignore[attr-defined]
 
 
+def set_columns(table: DataTable[Any], columns: Iterable[tuple[str, str]]) -> None:
+    """Add (key, label) columns to a table."""
+    for key, label in columns:
+        table.add_column(label, key=key)
+
+
+def set_titles(screen: Screen[Any], **titles: str) -> None:
+    """Set border titles by widget id (underscores in the keyword stand for dashes)."""
+    for widget_id, title in titles.items():
+        screen.query_one("#" + widget_id.replace("_", "-")).border_title = title
+
+
 # ---- dashboard ------------------------------------------------------------------------------
 
 RUNNING_COLUMNS = (
@@ -166,17 +178,16 @@ class DashboardScreen(MonitorScreen):
         yield from self.frame()
 
     def on_mount(self) -> None:
-        running = self.query_one("#running", DataTable)
-        for key, label in RUNNING_COLUMNS:
-            running.add_column(label, key=key)
-        running.border_title = "Running models"
-        recent = self.query_one("#recent", DataTable)
-        for key, label in RECENT_COLUMNS:
-            recent.add_column(label, key=key)
-        recent.border_title = "Recent requests"
-        self.query_one("#busiest-box").border_title = "Busiest"
-        self.query_one("#gauges").border_title = "System"
-        self.query_one("#pulls").border_title = "Pulls"
+        set_columns(self.query_one("#running", DataTable), RUNNING_COLUMNS)
+        set_columns(self.query_one("#recent", DataTable), RECENT_COLUMNS)
+        set_titles(
+            self,
+            running="Running models",
+            recent="Recent requests",
+            busiest_box="Busiest",
+            gauges="System",
+            pulls="Pulls",
+        )
         super().on_mount()
 
     def render_state(self, state: MonitorState, changed: set[str]) -> None:
@@ -371,11 +382,8 @@ class ModelsScreen(MonitorScreen):
 
     def on_mount(self) -> None:
         table = self.query_one("#installed", DataTable)
-        for key, label in INSTALLED_COLUMNS:
-            table.add_column(label, key=key)
-        table.border_title = "Installed models"
-        self.query_one("#details-box").border_title = "Details"
-        self.query_one("#model-pulls").border_title = "Pulls"
+        set_columns(table, INSTALLED_COLUMNS)
+        set_titles(self, installed="Installed models", details_box="Details", model_pulls="Pulls")
         super().on_mount()
         table.focus()
 

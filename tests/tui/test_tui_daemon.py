@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_harness import DaemonThread, make_settings, running_daemon
+from daemon_harness import DaemonThread, make_settings, running_daemon, running_daemon_with_hub
 from fake_hf_server import FakeHub
 from gguf_factory import write_tiny_gguf
 from tui_helpers import table_rows, wait_until
@@ -108,15 +108,8 @@ def daemon_and_hub(
 ) -> Iterator[tuple[DaemonThread, FakeHub]]:
     hub = FakeHub(chunk_size=16 * 1024, chunk_delay=0.03)
     hub.add_repo(REPO, {"tiny-Q4_K_M.gguf": write_tiny_gguf(tmp_path / "q4.gguf", "k")})
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.setattr("localserve.hub.get_token", lambda: None)
-    with running_daemon(tmp_path) as daemon:
-        daemon.call(hub.start())
-        monkeypatch.setenv("HF_ENDPOINT", hub.url)
-        try:
-            yield daemon, hub
-        finally:
-            daemon.call(hub.stop())
+    with running_daemon_with_hub(tmp_path, monkeypatch, hub) as daemon:
+        yield daemon, hub
 
 
 async def test_pull_progress_appears_while_a_pull_runs(

@@ -1,0 +1,70 @@
+"""A runner subprocess (`python -m localserve.runner --fd N`) driven from a test over a real
+socket pair, plus a fixture factory that starts runners and closes them after the test."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+from localserve.protocol import Frame, encode_frame, recv_frame
+
+
+class RunnerProcess:
+    """One runner subprocess and the daemon's end of its socket pair."""
+
+    def __init__(self, env: dict[str, str], log: Path, timeout_s: float = 30.0) -> None:
+        self.timeout_s = timeout_s
+        self.sock, child = socket.socketpair()
+        self.sock.settimeout(timeout_s)
+        self.log = log.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "localserve.runner", "--fd", str(child.fileno())],
+            pass_fds=[child.fileno()],
+            env=env,
+            stdout=self.log,
+            stderr=self.log,
+        )
+        child.close()
+
+    def send(self, message: Frame) -> None:
+        self.sock.sendall(encode_frame(message))
+
+    def recv(self) -> Frame:
+        frame = recv_frame(self.sock)
+        assert frame is not None, "runner closed the socket"
+        return frame
+
+    def wait(self) -> int:
+        return self.proc.wait(self.timeout_s)
+
+    def close(self) -> None:
+        self.sock.close()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.log.close()
+
+
+RunnerT = TypeVar("RunnerT", bound=RunnerProcess)
+
+
+def runner_starter(
+    kind: Callable[[dict[str, str], Path], RunnerT], env: dict[str, str], log_dir: Path
+) -> Iterator[Callable[[], RunnerT]]:
+    """Yield a function that starts runners; close every one started when resumed."""
+    started: list[RunnerT] = []
+
+    def start() -> RunnerT:
+        runner = kind(env, log_dir / f"runner-{len(started)}.log")
+        started.append(runner)
+        return runner
+
+    yield start
+    for runner in started:
+        runner.close()
