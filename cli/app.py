@@ -857,7 +857,10 @@ def pull(
 @app.command()
 def tui(
     readonly: Annotated[
-        bool, typer.Option("--readonly", help="Hide destructive actions (delete, unload).")
+        bool,
+        typer.Option(
+            "--readonly", help="Hide actions that change the daemon (pull, unload, delete)."
+        ),
     ] = False,
     refresh: Annotated[
         float, typer.Option("--refresh", min=0.1, help="Refresh interval in seconds.")

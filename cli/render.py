@@ -115,6 +115,16 @@ def until_column(expires_at: str | None, now: datetime | None = None) -> str:
     return human_time(when, now)
 
 
+def state_column(model: dict[str, Any], now: datetime | None = None) -> str:
+    """`ps`'s UNTIL cell: "Loading 40%...", "Stopping..." or when the model expires."""
+    state = model.get("state")
+    if state == "loading":
+        return f"Loading {float(model.get('load_progress') or 0):.0%}..."
+    if state == "stopping":
+        return "Stopping..."
+    return until_column(model.get("expires_at"), now)
+
+
 def processor_column(size: int, size_vram: int) -> str:
     """The PROCESSOR column of `ps`, from the model's total and VRAM sizes."""
     if size_vram <= 0:
@@ -177,9 +187,7 @@ def ps_rows(models: Sequence[Mapping[str, Any]], now: datetime | None = None) ->
                 human_bytes(size),
                 processor_column(size, int(m.get("size_vram") or 0)),
                 str(context) if context else "",
-                "Stopping..."
-                if m.get("state") == "stopping"
-                else until_column(m.get("expires_at"), now),
+                state_column(m, now),
             ]
         )
     return rows

@@ -443,7 +443,10 @@ class Engine:
         num_threads: int = 1,
         num_batch: int = 512,
         tensor_split: list[float] | None = None,
+        on_progress: Callable[[float], None] | None = None,
     ) -> LoadInfo:
+        """Load the model and make the context; `on_progress` hears llama.cpp's load
+        progress (0..1) from inside the load."""
         lib = _llama()
         logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
         lib.llama_backend_init()
@@ -456,7 +459,17 @@ class Engine:
             values = [*tensor_split[:devices], *[0.0] * (devices - len(tensor_split[:devices]))]
             self._tensor_split = (ctypes.c_float * devices)(*values)
             mparams.tensor_split = self._tensor_split
+        progress_callback = None
+        if on_progress is not None:
+
+            def report(progress: float, _user_data: Any) -> bool:
+                on_progress(float(progress))
+                return True  # go on loading
+
+            progress_callback = lib.llama_progress_callback(report)
+            mparams.progress_callback = progress_callback
         model = lib.llama_model_load_from_file(path.encode(), mparams)
+        del progress_callback  # llama.cpp keeps no reference after the load
         if not model:
             raise RequestError("load_failed", f"llama.cpp could not load the model at {path}")
         self._model = model

@@ -30,8 +30,8 @@ Three pieces, all fed into (or out of) the in-process `EventBus`:
 
 `EventCoalescer`
     The buffer between the bus and one SSE client. Samples that a newer one makes stale
-    (`system`, `request_progress` per request, `queue` per model, pull byte progress per
-    file) replace their queued predecessor (the newer one moves to the end, so the stream
+    (`system`, `request_progress` per request, `queue` and `load_progress` per model, pull
+    byte progress per file) replace their queued predecessor (the newer one moves to the end, so the stream
     stays in time order); every other event queues in order. The whole buffer is bounded:
     past `max_events` the oldest entry is dropped and counted.
 """
@@ -243,8 +243,8 @@ def coalesce_key(event: Event) -> Hashable | None:
         return ("system",)
     if kind == "request_progress":
         return ("request_progress", event.get("request_id"))
-    if kind == "queue":
-        return ("queue", event.get("model"))
+    if kind in ("queue", "load_progress"):
+        return (kind, event.get("model"))
     if kind == "pull" and event.get("completed") is not None:
         return ("pull", event.get("model"), event.get("digest"), event.get("status"))
     return None

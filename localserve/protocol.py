@@ -4,7 +4,8 @@ Each frame is a 4-byte big-endian length followed by that many bytes of UTF-8 JS
 (one object). Both directions use the same framing over a Unix socket pair.
 
 Daemon -> runner (`op`):
-    load      {op, path, num_ctx, num_gpu, num_threads, num_parallel}  num_ctx is per slot
+    load      {op, path, num_ctx, num_gpu, num_threads, num_parallel, tensor_split?}
+              num_ctx is per slot
     generate  {op, id, prompt, options, format?}   format: "json" or a schema; requests
               beyond the runner's num_parallel slots wait in the runner
     embed     {op, id, inputs, truncate, normalize}
@@ -14,6 +15,7 @@ Daemon -> runner (`op`):
 
 Runner -> daemon (`event`):
     ready     {event, pid}                       the process is up, llama_cpp imported
+    load_progress {event, progress}              0..1 while llama.cpp loads (throttled)
     loaded    {event, load_duration, rss, n_ctx, slots, n_gpu_layers}  n_ctx per slot
     token     {event, id, text}                  one decoded piece of a generation
     done      {event, id, done_reason, prompt_eval_count, prompt_eval_duration,

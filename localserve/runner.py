@@ -24,12 +24,36 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from localserve.batching import Engine, RequestError
 from localserve.protocol import Frame, encode_frame, recv_frame
 
 __all__ = ["RequestError", "Runner", "main"]
+
+
+class LoadProgress:
+    """Sends `load_progress` frames while llama.cpp loads: at most one per step of
+    progress or per interval, and always the last (1.0)."""
+
+    def __init__(self, send: Callable[[Frame], None], step: float = 0.05, interval_s: float = 0.1):
+        self.send = send
+        self.step = step
+        self.interval_s = interval_s
+        self.sent = -1.0
+        self.sent_at = 0.0
+
+    def __call__(self, progress: float) -> None:
+        now = time.monotonic()
+        if progress < 1.0 and (
+            progress - self.sent < self.step and now - self.sent_at < self.interval_s
+        ):
+            return
+        if progress <= self.sent:
+            return
+        self.sent, self.sent_at = progress, now
+        self.send({"event": "load_progress", "progress": round(progress, 4)})
 
 
 def _rss() -> int:
@@ -178,6 +202,7 @@ class Runner:
                 num_threads=threads,
                 num_batch=int(message.get("num_batch", 512)),
                 tensor_split=message.get("tensor_split") or None,
+                on_progress=LoadProgress(self.send),
             )
         except (ValueError, RuntimeError, OSError) as exc:
             raise RequestError("load_failed", f"llama.cpp could not load the model: {exc}") from exc

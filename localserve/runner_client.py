@@ -151,6 +151,7 @@ class RunnerProcess:
         timeout: float,
         num_parallel: int = 1,
         tensor_split: list[float] | None = None,
+        on_progress: Callable[[float], None] | None = None,
     ) -> LoadResult:
         await self._send(
             {
@@ -163,10 +164,17 @@ class RunnerProcess:
                 "tensor_split": tensor_split,
             }
         )
-        try:
-            frame = await asyncio.wait_for(self._control.get(), timeout)
-        except TimeoutError as exc:
-            raise RunnerError(f"model load timed out after {timeout:.0f}s") from exc
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    frame = await self._control.get()
+            except TimeoutError as exc:
+                raise RunnerError(f"model load timed out after {timeout:.0f}s") from exc
+            if frame.get("event") != "load_progress":
+                break
+            if on_progress is not None:
+                on_progress(float(frame.get("progress", 0.0)))
         if frame.get("event") != "loaded":
             raise RunnerError(f"failed to load model: {frame.get('message', 'unknown error')}")
         self.rss = int(frame.get("rss", 0))

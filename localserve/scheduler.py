@@ -95,6 +95,7 @@ class LoadedModel:
     load_result: LoadResult | None = None
     unload_when_idle: bool = False
     vram_measured: int = 0
+    load_progress: float = 0.0  # llama.cpp's load progress, 0..1, while loading
 
     @property
     def size(self) -> int:
@@ -283,6 +284,7 @@ class Scheduler:
                     "model": model.spec.key,
                     "digest": model.spec.digest,
                     "state": "stopping" if model.unload_when_idle else model.state,
+                    "load_progress": 1.0 if model.state != "loading" else model.load_progress,
                     "size": model.size + model.vram,
                     "size_vram": model.vram,
                     "gpu_layers": model.plan.layers if model.plan else 0,
@@ -595,6 +597,9 @@ class Scheduler:
                 num_threads=self.settings.num_threads,
                 timeout=self.settings.load_timeout_s,
                 num_parallel=model.spec.num_parallel,
+                on_progress=lambda progress: self._post(
+                    lambda: self._on_load_progress(model, progress)
+                ),
             )
         except BaseException as exc:
             if runner is not None:
@@ -606,6 +611,12 @@ class Scheduler:
             return
         loaded_runner = runner
         self._post(lambda: self._on_loaded(model, loaded_runner, result))
+
+    def _on_load_progress(self, model: LoadedModel, progress: float) -> None:
+        if self.models.get(model.spec.key) is not model or model.state != "loading":
+            return
+        model.load_progress = progress
+        self._publish("load_progress", model=model.spec.key, progress=progress)
 
     def _on_loaded(self, model: LoadedModel, runner: RunnerProcess, result: LoadResult) -> None:
         if self.models.get(model.spec.key) is not model or self._closed:

@@ -29,14 +29,19 @@ class RunnerProcess:
             stderr=self.log,
         )
         child.close()
+        self.load_progress: list[float] = []
 
     def send(self, message: Frame) -> None:
         self.sock.sendall(encode_frame(message))
 
     def recv(self) -> Frame:
-        frame = recv_frame(self.sock)
-        assert frame is not None, "runner closed the socket"
-        return frame
+        """The next frame, with `load_progress` frames set aside in `self.load_progress`."""
+        while True:
+            frame = recv_frame(self.sock)
+            assert frame is not None, "runner closed the socket"
+            if frame.get("event") != "load_progress":
+                return frame
+            self.load_progress.append(float(frame["progress"]))
 
     def wait(self) -> int:
         return self.proc.wait(self.timeout_s)

@@ -97,7 +97,10 @@ async def test_a_generation_publishes_started_progress_then_finished_in_order(
     assert finished["endpoint"] == "generate"
     # The load happened first, on the same stream.
     order = recorder.kinds()
-    assert order.index("load_started") < order.index("loaded") < order.index("request_started")
+    assert order.index("load_started") < order.index("load_progress") < order.index("loaded")
+    assert order.index("loaded") < order.index("request_started")
+    load_progress = [e["progress"] for e in recorder.events if e["type"] == "load_progress"]
+    assert load_progress == sorted(load_progress) and load_progress[-1] == 1.0
 
 
 async def test_load_and_unload_events_carry_the_reason(daemon: DaemonThread) -> None:

@@ -93,6 +93,17 @@ def test_load_reports_timing_memory_and_context(
     assert frame["n_gpu_layers"] == 0
 
 
+def test_load_reports_llama_cpp_progress_before_loaded(
+    runner: RunnerProcess, tiny_model: TinyModelFactory
+) -> None:
+    assert runner.load(tiny_model("a"))["event"] == "loaded"
+    progress = runner.load_progress
+    assert progress, "no load_progress frame before loaded"
+    assert progress == sorted(progress) and len(set(progress)) == len(progress)
+    assert all(0.0 <= p <= 1.0 for p in progress)
+    assert progress[-1] == 1.0
+
+
 def test_shutdown_exits_zero(loaded: RunnerProcess) -> None:
     loaded.send({"op": "shutdown"})
     assert loaded.wait() == 0
@@ -364,3 +375,16 @@ def test_load_accepts_a_multi_gpu_tensor_split(
     runner.generate("r1", "x", num_predict=3)
     texts, done = runner.collect("r1")
     assert "".join(texts) == "aaa" and done["event"] == "done"
+
+
+def test_load_progress_is_throttled_but_keeps_the_end() -> None:
+    from localserve.runner import LoadProgress
+
+    sent: list[Frame] = []
+    progress = LoadProgress(sent.append, step=0.25, interval_s=3600)
+    for i in range(101):
+        progress(i / 100)
+    values = [frame["progress"] for frame in sent]
+    assert values == [0.0, 0.25, 0.5, 0.75, 1.0]
+    progress(1.0)  # a repeated end is not sent twice
+    assert len(sent) == 5

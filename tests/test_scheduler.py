@@ -46,7 +46,11 @@ class FakeRunner:
 
     async def load(self, path: str, **kwargs: Any) -> LoadResult:
         self.load_args = {"path": path, **kwargs}
-        await asyncio.sleep(0.001)
+        on_progress = kwargs.get("on_progress")
+        for progress in (0.0, 0.5, 1.0):
+            if on_progress is not None:
+                on_progress(progress)
+            await asyncio.sleep(self.world.load_step_s)
         return LoadResult(load_duration_ns=1000, rss=0, n_ctx=kwargs["num_ctx"])
 
     async def refresh_stats(self) -> int:
@@ -98,6 +102,7 @@ class World:
     def __init__(self, tmp_path: Path, gpus: FakeGpus | None = None, **overrides: Any) -> None:
         self.violations: list[str] = []
         self.runners: list[FakeRunner] = []
+        self.load_step_s = overrides.pop("load_step_s", 0.0005)
         self.events = EventBus()
         self.log: list[dict[str, Any]] = []
         self.events.add_listener(self.log.append)
@@ -249,6 +254,21 @@ async def test_queue_changes_are_published(tmp_path: Path) -> None:
     world.release(await asyncio.wait_for(waiting, 2))
     depths = [(e["model"], e["depth"]) for e in world.log if e["type"] == "queue"]
     assert ("b:latest", 1) in depths and depths[-1] == ("b:latest", 0)
+
+
+async def test_load_progress_is_published_and_shown_while_loading(tmp_path: Path) -> None:
+    world = World(tmp_path, load_step_s=0.05)
+    loading = asyncio.ensure_future(world.acquire(spec("a")))
+    await asyncio.sleep(0.075)  # between the runner's 0.5 and 1.0
+    (row,) = world.scheduler.snapshot()
+    assert row["state"] == "loading" and row["load_progress"] == 0.5
+    world.release(await asyncio.wait_for(loading, 2))
+    kinds = [e["type"] for e in world.log if e["model"] == "a:latest"]
+    assert kinds.index("load_started") < kinds.index("load_progress") < kinds.index("loaded")
+    progress = [e["progress"] for e in world.log if e["type"] == "load_progress"]
+    assert progress == [0.0, 0.5, 1.0]
+    (row,) = world.scheduler.snapshot()
+    assert row["state"] == "ready" and row["load_progress"] == 1.0
 
 
 async def test_concurrent_first_requests_load_the_model_once(tmp_path: Path) -> None:

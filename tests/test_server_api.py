@@ -139,7 +139,9 @@ def test_empty_prompt_loads_and_keep_alive_zero_unloads(daemon: DaemonThread) ->
 def test_keep_alive_expires_after_its_duration(daemon: DaemonThread) -> None:
     post_json(daemon.base_url, "/api/generate", {"model": "tiny", "keep_alive": "1s"})
     _, _, data = request(daemon.base_url, "GET", "/api/ps")
-    assert len(json.loads(data)["models"]) == 1
+    (row,) = json.loads(data)["models"]
+    assert row["state"] == "ready" and row["load_progress"] == 1.0
+    assert row["gpu_layers"] == 0 and row["pid"] > 0 and row["slots"] >= 1
     deadline = time.time() + 10
     while daemon.ps() and time.time() < deadline:
         time.sleep(0.1)

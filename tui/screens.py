@@ -8,6 +8,7 @@ redraw). They reach the daemon only through the app's `DataSource`.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
@@ -16,6 +17,7 @@ from textual import events, on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.css.query import NoMatches
 from textual.screen import ModalScreen, Screen
 from textual.widgets import DataTable, Digits, Footer, Input, RichLog, Select, Static
 
@@ -235,7 +237,11 @@ class DashboardScreen(MonitorScreen):
                         human_bytes(vram) if vram else "-",
                         processor_column(size, vram),
                         str(model.get("context_length") or ""),
-                        until_text(model, now) if model.get("state") != "loading" else "loading",
+                        (
+                            until_text(model, now)
+                            if model.get("state") != "loading"
+                            else f"loading {state.load_progress(model):.0%}"
+                        ),
                         str(model.get("queue_depth", 0)),
                         str(model.get("in_flight", 0)),
                         Text(rate_text(rate), style="bold green" if rate else "dim"),
@@ -468,7 +474,8 @@ class ModelsScreen(MonitorScreen):
             data = {"error": str(exc)}
         self._details[name] = data
         if self._details_for == name:
-            self.query_one("#details", Static).update(self._details_text(name, data))
+            with contextlib.suppress(NoMatches):  # the screen went away meanwhile
+                self.query_one("#details", Static).update(self._details_text(name, data))
 
     def _details_text(self, name: str, data: JSON) -> Text:
         text = Text(name + "\n", style="bold")
@@ -710,8 +717,9 @@ class ChatScreen(MonitorScreen):
             return
         self._dirty = False
         self._reply_widget.update(Text(self._reply))
-        self.query_one("#chat-stats", Static).update(self._stats)
-        self.query_one("#transcript", VerticalScroll).scroll_end(animate=False)
+        with contextlib.suppress(NoMatches):  # the app is closing while a reply streams
+            self.query_one("#chat-stats", Static).update(self._stats)
+            self.query_one("#transcript", VerticalScroll).scroll_end(animate=False)
 
     def action_stop(self) -> None:
         """Stop the streaming reply; when none streams, leave the input (so that 1-4

@@ -46,8 +46,11 @@ _EVENT_SECTIONS: dict[str, tuple[str, ...]] = {
     "request_ended": ("rates", "recent"),
     "system": ("system",),
     "pull": ("pulls",),
+    "load_progress": ("running",),
 }
-SAMPLE_EVENTS = frozenset({"system", "request_progress"})  # samples: not written to the log
+SAMPLE_EVENTS = frozenset(
+    {"system", "request_progress", "load_progress"}
+)  # samples: not written to the log
 
 
 @dataclass
@@ -113,6 +116,7 @@ class MonitorState:
     gpu_history: dict[int, deque[float]] = field(default_factory=dict)
     recent: deque[RequestRecord] = field(default_factory=lambda: deque(maxlen=RECENT_REQUESTS))
     pulls: dict[str, PullState] = field(default_factory=dict)
+    loading: dict[str, float] = field(default_factory=dict)  # model -> load progress 0..1
     log: deque[LogLine] = field(default_factory=lambda: deque(maxlen=LOG_LINES))
     log_seq: int = 0
     needs_ps: bool = True  # something changed that /api/ps would show
@@ -251,7 +255,17 @@ class MonitorState:
                 del self.rate_history[model]
 
     def _on_model_change(self, event: JSON) -> None:
+        if event.get("type") != "queue":
+            self.loading.pop(str(event.get("model", "")), None)
         self.needs_ps = True
+
+    def _on_load_progress(self, event: JSON) -> None:
+        self.loading[str(event.get("model", ""))] = float(event.get("progress") or 0.0)
+
+    def load_progress(self, model: JSON) -> float:
+        """How far a loading model is (from events, else from /api/ps)."""
+        name = str(model.get("name") or model.get("model"))
+        return self.loading.get(name, float(model.get("load_progress") or 0.0))
 
     def _on_pull(self, event: JSON) -> None:
         model = str(event.get("model", ""))
@@ -296,6 +310,7 @@ _HANDLERS: dict[str, Callable[[MonitorState, JSON], None]] = {
     "load_failed": MonitorState._on_model_change,
     "queue": MonitorState._on_model_change,
     "pull": MonitorState._on_pull,
+    "load_progress": MonitorState._on_load_progress,
 }
 
 

@@ -120,6 +120,7 @@ def test_ps_rows_show_processor_context_and_until() -> None:
                 "expires_at": "2026-01-15T12:04:30Z",
             },
             {"name": "b:latest", "size": 10, "size_vram": 10, "state": "stopping"},
+            {"name": "c:latest", "size": 10, "state": "loading", "load_progress": 0.42},
         ],
         NOW,
     )
@@ -133,6 +134,7 @@ def test_ps_rows_show_processor_context_and_until() -> None:
     ]
     assert rows[1][3] == "100% GPU"
     assert rows[1][5] == "Stopping..."
+    assert rows[2][5] == "Loading 42%..."
 
 
 def test_empty_tables_keep_the_header() -> None:

@@ -208,6 +208,19 @@ def test_a_finished_pull_lingers_then_leaves() -> None:
     assert state.active_pulls() == []
 
 
+def test_load_progress_shows_while_loading_and_is_not_logged() -> None:
+    state = MonitorState(clock=frozen_clock)
+    row = {"name": "m", "state": "loading", "load_progress": 0.1}
+    assert state.load_progress(row) == 0.1  # from /api/ps before any event
+    state.ingest({"type": "load_started", "model": "m"})
+    state.ingest({"type": "load_progress", "model": "m", "progress": 0.5})
+    state.ingest({"type": "load_progress", "model": "m", "progress": 0.75})
+    assert state.load_progress(row) == 0.75
+    assert [line.kind for line in state.log] == ["load_started"]
+    state.ingest({"type": "loaded", "model": "m"})
+    assert state.loading == {}
+
+
 def test_versions_only_move_on_change() -> None:
     state = MonitorState()
     state.set_running([{"name": "a"}])
