@@ -115,7 +115,7 @@ def until_column(expires_at: str | None, now: datetime | None = None) -> str:
     return human_time(when, now)
 
 
-def state_column(model: dict[str, Any], now: datetime | None = None) -> str:
+def state_column(model: Mapping[str, Any], now: datetime | None = None) -> str:
     """`ps`'s UNTIL cell: "Loading 40%...", "Stopping..." or when the model expires."""
     state = model.get("state")
     if state == "loading":

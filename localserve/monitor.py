@@ -31,9 +31,9 @@ Three pieces, all fed into (or out of) the in-process `EventBus`:
 `EventCoalescer`
     The buffer between the bus and one SSE client. Samples that a newer one makes stale
     (`system`, `request_progress` per request, `queue` and `load_progress` per model, pull
-    byte progress per file) replace their queued predecessor (the newer one moves to the end, so the stream
-    stays in time order); every other event queues in order. The whole buffer is bounded:
-    past `max_events` the oldest entry is dropped and counted.
+    byte progress per file) replace their queued predecessor (the newer one moves to the
+    end, so the stream stays in time order); every other event queues in order. The whole
+    buffer is bounded: past `max_events` the oldest entry is dropped and counted.
 """
 
 from __future__ import annotations
