@@ -3,9 +3,11 @@
 In one run on SmolLM2: decode tokens/s streamed through the daemon's /api/generate with
 the TUI attached (a separate process running the Textual app headless, `run_test`, on the
 dashboard, at its fastest refresh: 0.1 s) against the same with no TUI. Each round is a
-pair of generations, one without and one with the TUI, in alternating order (ABBA), so
+set of generations, without and with the TUI, in rotating order, so
 drift on a shared machine hits both alike. Prints the medians, the ratio of the medians
 and the median of the per-round ratios. Target: with-TUI decode tok/s >= 0.98x without.
+A third variant holds an /api/events connection that never reads (a stalled consumer).
+The order of the three rotates from round to round.
 
     .venv/bin/python benchmarks/tui_overhead.py [--tokens 256] [--rounds 5]
 """
@@ -16,10 +18,12 @@ import argparse
 import asyncio
 import http.client
 import json
+import socket
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -126,16 +130,19 @@ def main() -> None:
     model = smollm2_path()
     without: list[float] = []
     with_tui: list[float] = []
+    with_stalled: list[float] = []
     reports: list[dict[str, Any]] = []
     with bench_daemon({"bench": model}, num_ctx="2048", num_threads=str(threads)) as port:
         decode_rate(port, 8, -1, "w")  # load and warm up the runner
+        variants: list[tuple[list[float], Callable[[], float]]] = [
+            (without, lambda: decode_rate(port, args.tokens, round_, "a")),
+            (with_tui, lambda: measure_with_tui(port, args.tokens, round_, reports)),
+            (with_stalled, lambda: measure_with_stalled_reader(port, args.tokens, round_)),
+        ]
         for round_ in range(args.rounds):
-            if round_ % 2:
-                with_tui.append(measure_with_tui(port, args.tokens, round_, reports))
-                without.append(decode_rate(port, args.tokens, round_, "a"))
-            else:
-                without.append(decode_rate(port, args.tokens, round_, "a"))
-                with_tui.append(measure_with_tui(port, args.tokens, round_, reports))
+            shift = round_ % len(variants)  # rotate the order, so drift hits all alike
+            for results, measure in variants[shift:] + variants[:shift]:
+                results.append(measure())
     base = statistics.median(without)
     attached = statistics.median(with_tui)
     renders = sum(r["renders"] for r in reports)
@@ -151,6 +158,10 @@ def main() -> None:
     print(
         f"ratio {attached / base:.3f} of the medians, {pairs:.3f} median per round (target >= 0.98)"
     )
+    stalled = statistics.median(with_stalled)
+    stalled_pairs = statistics.median(w / b for w, b in zip(with_stalled, without, strict=True))
+    print(f"stalled reader decode {stalled:6.1f} tok/s   (rounds: {_rounds(with_stalled)})")
+    print(f"ratio {stalled / base:.3f} of the medians, {stalled_pairs:.3f} median per round")
 
 
 def measure_with_tui(port: int, tokens: int, round_: int, reports: list[dict[str, Any]]) -> float:
@@ -159,6 +170,18 @@ def measure_with_tui(port: int, tokens: int, round_: int, reports: list[dict[str
         return decode_rate(port, tokens, round_, "b")
     finally:
         reports.append(tui.stop())
+
+
+def measure_with_stalled_reader(port: int, tokens: int, round_: int) -> float:
+    """Decode rate while an /api/events client never reads (its socket buffer stays full)."""
+    reader = socket.socket()
+    reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    reader.connect(("127.0.0.1", port))
+    reader.sendall(b"GET /api/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    try:
+        return decode_rate(port, tokens, round_, "c")
+    finally:
+        reader.close()
 
 
 def _rounds(values: list[float]) -> str:

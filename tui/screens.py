@@ -128,6 +128,7 @@ def set_titles(screen: Screen[Any], **titles: str) -> None:
 
 # ---- dashboard ------------------------------------------------------------------------------
 
+RATE_DIGITS = 5  # the big tok/s readout: "  9.5", "105.3"
 RUNNING_COLUMNS = (
     ("name", "NAME"),
     ("size", "SIZE"),
@@ -171,7 +172,7 @@ class DashboardScreen(MonitorScreen):
         with Horizontal(id="top"):
             with Vertical(id="busiest-box"):
                 yield Static(id="busiest-label")
-                yield Digits("0.0", id="busiest-rate")
+                yield Digits(f"{0:{RATE_DIGITS}.1f}", id="busiest-rate")
             yield Static(id="gauges")
         yield DataTable(id="running", cursor_type="row", zebra_stripes=True)
         with Horizontal(id="bottom"):
@@ -201,11 +202,13 @@ class DashboardScreen(MonitorScreen):
             digits = self.query_one("#busiest-rate", Digits)
             if busiest is None:
                 set_text(label, Text("idle: no request decoding", style="dim"))
-                value = "0.0"
+                value = f"{0:{RATE_DIGITS}.1f}"
             else:
                 busy_model, rate = busiest
                 set_text(label, Text.assemble(("tok/s  ", "dim"), (busy_model, "bold")))
-                value = f"{rate:.1f}"
+                # A fixed width (spaces are as wide as digits): a wider or narrower number
+                # would cost a layout pass of the whole screen, four times a second.
+                value = f"{rate:{RATE_DIGITS}.1f}"
             if digits.value != value:
                 digits.update(value)
         if "system" in changed:
