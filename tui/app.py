@@ -188,6 +188,8 @@ class LocalserveApp(App[None]):
     # ---- the refresh tick -----------------------------------------------------------------
 
     def _tick(self) -> None:
+        if not self.is_running:  # shutting down: screens are being taken apart
+            return
         state = self.state
         if state.connected:
             now = time.monotonic()

@@ -89,6 +89,8 @@ class MonitorScreen(Screen[None]):
         state = self.lsapp.state
         if not self._ready:  # the refresh tick can come before this screen's on_mount
             return
+        if self._closing or self._closed or not self.is_attached:  # being removed
+            return
         if force or state.version != self.rendered_version:
             self.rendered_version = state.version
             changed = (
