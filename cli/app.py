@@ -54,6 +54,7 @@ from localserve.client import (
 )
 from localserve.config import Settings, load_settings, parse_duration
 from localserve.errors import ConfigError, LocalserveError
+from localserve.names import ModelName
 
 # isort: split
 from localserve.cli import render, repl
@@ -181,6 +182,40 @@ def _spinner(text: str = "") -> contextlib.AbstractContextManager[Any]:
     if sys.stderr.isatty():
         return stderr_console().status(text, spinner="dots")
     return contextlib.nullcontext()
+
+
+@contextlib.asynccontextmanager
+async def load_progress_shown(
+    client: LocalserveClient, model: str, status: Any
+) -> AsyncIterator[None]:
+    """While the block runs, show the daemon's load progress for `model` on `status` (a
+    rich Status, or None when there is no spinner)."""
+    if status is None:
+        yield
+        return
+    try:
+        wanted: str | None = ModelName.parse(model).display()
+    except LocalserveError:
+        wanted = None  # the request will say what is wrong with the name
+
+    async def watch() -> None:
+        with contextlib.suppress(ClientError):
+            async for event in client.events(["load_progress", "loaded"]):
+                if wanted is not None and event.get("model") != wanted:
+                    continue
+                if event["type"] == "loaded":
+                    status.update("")  # loaded: the plain spinner until the first token
+                else:
+                    progress = float(event.get("progress") or 0.0)
+                    status.update(f"loading {model} {progress:.0%}")
+
+    watcher = asyncio.create_task(watch())
+    try:
+        yield
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
 
 
 def get_settings() -> Settings:
@@ -366,16 +401,17 @@ async def stream_chat(
     stderr (when it is a terminal) until the first token."""
     answer: list[str] = []
     final: dict[str, Any] = {}
-    with contextlib.ExitStack() as spinner:
-        spinner.enter_context(_spinner())
+    async with contextlib.AsyncExitStack() as spinner:
+        status = spinner.enter_context(_spinner())
         async with make_client(settings) as client:
+            await spinner.enter_async_context(load_progress_shown(client, model, status))
             chunks: AsyncIterator[dict[str, Any]] = client.chat(
                 model, messages, options=options or None, format=format, keep_alive=keep_alive
             )
             async for chunk in chunks:
                 content = str((chunk.get("message") or {}).get("content") or "")
                 if content:
-                    spinner.close()  # first token: stop the spinner (no-op afterwards)
+                    await spinner.aclose()  # first token: stop the spinner (no-op afterwards)
                     answer.append(content)
                     write(content)
                 if chunk.get("done"):
@@ -470,14 +506,14 @@ def call_pulling(settings: Settings, model: str, action: Callable[[], T]) -> T:
     return action()
 
 
-async def _load(settings: Settings, model: str, keep_alive: str | None) -> None:
-    async with make_client(settings) as client:
+async def _load(settings: Settings, model: str, keep_alive: str | None, status: Any = None) -> None:
+    async with make_client(settings) as client, load_progress_shown(client, model, status):
         await client.load(model, keep_alive)
 
 
 def _load_with_spinner(settings: Settings, model: str, keep_alive: str | None) -> None:
-    with _spinner():
-        asyncio.run(_load(settings, model, keep_alive))
+    with _spinner(f"loading {model}") as status:
+        asyncio.run(_load(settings, model, keep_alive, status))
 
 
 async def _show(settings: Settings, model: str) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import urllib.request
@@ -365,3 +366,44 @@ def test_tui_and_top_are_commands_with_readonly_and_refresh() -> None:
         assert result.exit_code == 0
         assert "--readonly" in result.stdout and "--refresh" in result.stdout
     assert runner.invoke(app, ["tui", "--refresh", "0"]).exit_code == 2
+
+
+class RecordingStatus:
+    """Stands in for rich's Status: records what the spinner would show."""
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+
+    def update(self, text: str) -> None:
+        self.texts.append(text)
+
+
+def test_the_load_spinner_shows_the_daemons_load_progress(
+    cli_daemon: CliDaemon, tiny_model: TinyModelFactory
+) -> None:
+    from localserve.cli.app import load_progress_shown
+    from localserve.client import LocalserveClient
+
+    create(cli_daemon, "progress", tiny_model("p"))
+    create(cli_daemon, "other", tiny_model("o"))
+    status = RecordingStatus()
+
+    async def load_both() -> None:
+        async with (
+            LocalserveClient(cli_daemon.base_url) as client,
+            load_progress_shown(client, "progress", status),
+        ):
+            await asyncio.sleep(0.3)  # the event subscription is registered
+            await client.load("other")  # not ours: the spinner ignores it
+            await client.load("progress")
+            for _ in range(100):
+                if status.texts and status.texts[-1] == "":
+                    break
+                await asyncio.sleep(0.05)
+
+    asyncio.run(load_both())
+    *loading, loaded = status.texts
+    assert loaded == "" and loading and loading[-1] == "loading progress 100%"
+    assert all(text.startswith("loading progress ") for text in loading)
+    percents = [int(text.rsplit(" ", 1)[1].rstrip("%")) for text in loading]
+    assert percents == sorted(percents)
