@@ -502,6 +502,11 @@ class Engine:
         self.slots = [_Slot(seq_id) for seq_id in range(slots)]
         return LoadInfo(n_ctx=self.n_ctx, slots=slots, n_ctx_total=int(lib.llama_n_ctx(ctx)))
 
+    def set_threads(self, threads: int) -> None:
+        """Threads for the next decodes (single-token steps and prompt batches alike)."""
+        if self._ctx is not None:
+            _llama().llama_set_n_threads(self._ctx, threads, threads)
+
     def close(self) -> None:
         """Free llama.cpp resources; pending requests are dropped without events."""
         lib = _llama()

@@ -135,6 +135,7 @@ class Settings:
     vram_reserve_bytes: int = 512 * 1024**2
     load_timeout_s: float = 300.0
     spare_runner: bool = True
+    adapt_threads: bool = True  # fewer llama.cpp threads while other programs use cores
     autostart: bool = True  # CLI commands start the daemon when nothing answers
 
     @property
@@ -213,7 +214,7 @@ def _coerce(name: str, raw: Any) -> Any:
             return Path(str(raw)).expanduser()
         if name == "api_key":
             return str(raw) or None
-        if name in ("spare_runner", "autostart"):
+        if name in ("spare_runner", "autostart", "adapt_threads"):
             return _parse_bool(raw)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"invalid value for {name}: {raw!r}") from exc
@@ -240,6 +241,7 @@ ENV_VARS: dict[str, str] = {
     "LOCALSERVE_VRAM_RESERVE": "vram_reserve_bytes",
     "LOCALSERVE_LOAD_TIMEOUT": "load_timeout_s",
     "LOCALSERVE_SPARE_RUNNER": "spare_runner",
+    "LOCALSERVE_ADAPT_THREADS": "adapt_threads",
 }
 
 

@@ -4,8 +4,9 @@ Each frame is a 4-byte big-endian length followed by that many bytes of UTF-8 JS
 (one object). Both directions use the same framing over a Unix socket pair.
 
 Daemon -> runner (`op`):
-    load      {op, path, num_ctx, num_gpu, num_threads, num_parallel, tensor_split?}
-              num_ctx is per slot
+    load      {op, path, num_ctx, num_gpu, num_threads, num_parallel, tensor_split?,
+               adapt_threads?}   num_ctx is per slot; adapt_threads: fewer threads
+              while other processes keep cores busy (localserve.threads)
     generate  {op, id, prompt, options, format?}   format: "json" or a schema; requests
               beyond the runner's num_parallel slots wait in the runner
     embed     {op, id, inputs, truncate, normalize}
@@ -24,7 +25,7 @@ Runner -> daemon (`event`):
                                                  tokens evaluated (a reused prefix is not)
     embeddings{event, id, embeddings, prompt_eval_count}
     error     {event, id?, kind, message}        id absent for load errors
-    stats     {event, rss, slots, slots_busy}
+    stats     {event, rss, slots, slots_busy, threads}
 
 Every request carries an `id`, so one runner can hold several requests at once.
 """

@@ -27,8 +27,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import psutil
+
 from localserve.batching import Engine, RequestError
 from localserve.protocol import Frame, encode_frame, recv_frame
+from localserve.threads import SAMPLE_INTERVAL_S, CpuSampler, ThreadGovernor
 
 __all__ = ["RequestError", "Runner", "main"]
 
@@ -58,8 +61,6 @@ class LoadProgress:
 
 def _rss() -> int:
     try:
-        import psutil
-
         return int(psutil.Process().memory_info().rss)
     except Exception:
         return 0
@@ -74,6 +75,9 @@ class Runner:
         self.embedder: Any = None
         self.load_params: Frame = {}
         self._outbox: list[bytes] = []  # the engine's frames, sent together after each step
+        self.governor: ThreadGovernor | None = None  # set by a load with adapt_threads
+        self.cpu = CpuSampler()
+        self._sampled_at = 0.0
 
     def send(self, message: Frame) -> None:
         data = encode_frame(message)
@@ -109,6 +113,7 @@ class Runner:
                             "rss": _rss(),
                             "slots": len(engine.slots),
                             "slots_busy": engine.busy_slots,
+                            "threads": self.threads,
                         }
                     )
                 elif op == "shutdown":
@@ -153,6 +158,35 @@ class Runner:
             if self.engine.has_work:
                 self.engine.step()
                 self.flush()
+                self._govern_threads()
+
+    def _govern_threads(self) -> None:
+        """About once a second, decode with no more threads than the cores others leave."""
+        if self.governor is None:
+            return
+        now = time.monotonic()
+        if now - self._sampled_at < SAMPLE_INTERVAL_S:
+            return
+        self._sampled_at = now
+        other = self.cpu.other_cores()
+        if other is None:
+            return
+        before = self.governor.threads
+        if self.governor.update(other) != before:
+            self.engine.set_threads(self.governor.threads)
+            print(
+                f"runner {os.getpid()}: decoding with {self.governor.threads} of "
+                f"{self.governor.max_threads} threads (other processes use {other:.1f} cores)",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    @property
+    def threads(self) -> int:
+        """The threads decodes use now."""
+        if self.governor is not None:
+            return self.governor.threads
+        return int(self.load_params.get("num_threads") or 0)
 
     def handle(self, message: Frame) -> bool:
         """Run one op; False when the runner must exit (a failed load)."""
@@ -193,6 +227,11 @@ class Runner:
         if not os.path.isfile(path):
             raise RequestError("load_failed", f"model file not found: {path}")
         threads = int(message.get("num_threads") or os.cpu_count() or 1)
+        self.governor = None
+        if message.get("adapt_threads") and threads > 1:
+            self.governor = ThreadGovernor(threads, psutil.cpu_count() or threads)
+            self.cpu.other_cores()  # the first sample: the baseline for the next
+            self._sampled_at = time.monotonic()
         try:
             info = self.engine.load(
                 path,

@@ -152,6 +152,7 @@ class RunnerProcess:
         num_parallel: int = 1,
         tensor_split: list[float] | None = None,
         on_progress: Callable[[float], None] | None = None,
+        adapt_threads: bool = False,
     ) -> LoadResult:
         await self._send(
             {
@@ -160,6 +161,7 @@ class RunnerProcess:
                 "num_ctx": num_ctx,
                 "num_gpu": num_gpu,
                 "num_threads": num_threads,
+                "adapt_threads": adapt_threads,
                 "num_parallel": num_parallel,
                 "tensor_split": tensor_split,
             }

@@ -595,6 +595,7 @@ class Scheduler:
                 num_gpu=plan.layers if plan else 0,
                 tensor_split=_tensor_split(plan),
                 num_threads=self.settings.num_threads,
+                adapt_threads=self.settings.adapt_threads,
                 timeout=self.settings.load_timeout_s,
                 num_parallel=model.spec.num_parallel,
                 on_progress=lambda progress: self._post(

@@ -282,3 +282,12 @@ def test_no_autostart_env_turns_autostart_off(tmp_path: Path) -> None:
     assert settings.autostart is False
     with pytest.raises(ConfigError):
         load_settings(env={"LOCALSERVE_NO_AUTOSTART": "maybe"}, config_file=tmp_path / "n")
+
+
+def test_adaptive_threads_are_on_unless_turned_off(tmp_path: Path) -> None:
+    none = tmp_path / "none.toml"
+    assert load_settings(env={}, config_file=none).adapt_threads is True
+    settings = load_settings(env={"LOCALSERVE_ADAPT_THREADS": "0"}, config_file=none)
+    assert settings.adapt_threads is False
+    with pytest.raises(ConfigError, match="adapt_threads"):
+        load_settings(env={"LOCALSERVE_ADAPT_THREADS": "sometimes"}, config_file=none)

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import socket
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -388,3 +392,53 @@ def test_load_progress_is_throttled_but_keeps_the_end() -> None:
     assert values == [0.0, 0.25, 0.5, 0.75, 1.0]
     progress(1.0)  # a repeated end is not sent twice
     assert len(sent) == 5
+
+
+def _stats_while_generating(runner: RunnerProcess, request_id: str) -> Frame:
+    """Run one generation and ask for stats while it decodes; the stats frame."""
+    runner.generate(request_id, "hi", num_predict=300)
+    runner.send({"op": "stats"})
+    stats: Frame | None = None
+    while True:
+        frame = runner.recv()
+        if frame["event"] == "stats":
+            stats = frame
+        elif frame["event"] in ("done", "error"):
+            assert frame["event"] == "done", frame
+            if stats is not None:
+                return stats
+
+
+def test_an_adaptive_runner_gives_up_threads_while_other_processes_hold_the_cores(
+    runner: RunnerProcess, tiny_model: TinyModelFactory
+) -> None:
+    load = {"op": "load", "path": str(tiny_model("b")), "num_ctx": 512, "num_threads": 2}
+    runner.send({**load, "adapt_threads": True})
+    assert runner.recv()["event"] == "loaded"
+    assert _stats_while_generating(runner, "quiet")["threads"] == 2
+    # Twice as many spinning processes as cores: whatever the machine, at most one core is
+    # left to the runner.
+    spin = "import time\nend = time.time() + 60\nwhile time.time() < end: pass\n"
+    count = 2 * (os.cpu_count() or 1)
+    spinners = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(count)]
+    try:
+        deadline = time.monotonic() + 30
+        threads = [_stats_while_generating(runner, "busy-0")["threads"]]
+        while threads[-1] != 1 and time.monotonic() < deadline:
+            threads.append(_stats_while_generating(runner, f"busy-{len(threads)}")["threads"])
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
+    assert threads[-1] == 1, threads
+    deadline = time.monotonic() + 30
+    while _stats_while_generating(runner, "after")["threads"] != 2:
+        assert time.monotonic() < deadline, "the runner never took its threads back"
+
+
+def test_a_fixed_runner_keeps_its_threads(
+    runner: RunnerProcess, tiny_model: TinyModelFactory
+) -> None:
+    runner.send({"op": "load", "path": str(tiny_model("b")), "num_ctx": 512, "num_threads": 2})
+    assert runner.recv()["event"] == "loaded"
+    assert _stats_while_generating(runner, "r")["threads"] == 2
