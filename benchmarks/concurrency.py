@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import os
 import statistics
 import sys
 import threading
@@ -158,13 +159,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--turns", type=int, default=10)
     parser.add_argument("--chat-tokens", type=int, default=48)
+    parser.add_argument(
+        "--runner-threads", type=int, default=0, help="the daemon's runner (default: as in-process)"
+    )
     args = parser.parse_args()
     model = smollm2_path()
     import psutil
 
     threads = psutil.cpu_count(logical=False) or 1
+    runner_threads = args.runner_threads or threads
     with bench_daemon(
-        {"bench": model}, num_ctx="2048", num_parallel="8", num_threads=str(threads)
+        {"bench": model}, num_ctx="2048", num_parallel="8", num_threads=str(runner_threads)
     ) as port:
         import llama_cpp
 
@@ -187,7 +192,9 @@ def main() -> None:
         ttfts = chat_ttfts(port, args.turns, args.chat_tokens)
     print(
         f"\nSmolLM2 135M Q4_1, {args.tokens} tokens per stream, {args.rounds} rounds, "
-        f"{threads} threads, LOCALSERVE_NUM_PARALLEL=8"
+        f"{threads} threads in-process, {runner_threads} in the runner "
+        f"(LOCALSERVE_ADAPT_THREADS={os.environ.get('LOCALSERVE_ADAPT_THREADS', '1')}), "
+        "LOCALSERVE_NUM_PARALLEL=8"
     )
     b = statistics.median(base)
     print(

@@ -140,8 +140,12 @@ class Runner:
         while True:
             # Block only when idle; otherwise take what has arrived and step.
             messages: list[Frame | None] = []
+            resumed = False
             if not self.engine.has_work:
+                idle_since = time.monotonic()
                 messages.append(self.work.get())
+                # After a long idle spell, the load measured meanwhile says little about now.
+                resumed = time.monotonic() - idle_since > SAMPLE_INTERVAL_S
             while True:
                 try:
                     messages.append(self.work.get_nowait())
@@ -156,9 +160,18 @@ class Runner:
                     return 1
             self.flush()
             if self.engine.has_work:
+                if resumed:
+                    self._restart_cpu_sampling()
                 self.engine.step()
                 self.flush()
                 self._govern_threads()
+
+    def _restart_cpu_sampling(self) -> None:
+        """Measure other processes' load from now: what they did while this runner idled
+        (another program's burst, another runner's generation) may be over."""
+        if self.governor is not None:
+            self.cpu.other_cores()
+            self._sampled_at = time.monotonic()
 
     def _govern_threads(self) -> None:
         """About once a second, decode with no more threads than the cores others leave."""
@@ -230,8 +243,6 @@ class Runner:
         self.governor = None
         if message.get("adapt_threads") and threads > 1:
             self.governor = ThreadGovernor(threads, psutil.cpu_count() or threads)
-            self.cpu.other_cores()  # the first sample: the baseline for the next
-            self._sampled_at = time.monotonic()
         try:
             info = self.engine.load(
                 path,

@@ -397,11 +397,15 @@ def test_load_progress_is_throttled_but_keeps_the_end() -> None:
 def _stats_while_generating(runner: RunnerProcess, request_id: str) -> Frame:
     """Run one generation and ask for stats while it decodes; the stats frame."""
     runner.generate(request_id, "hi", num_predict=300)
-    runner.send({"op": "stats"})
     stats: Frame | None = None
+    tokens = 0
     while True:
         frame = runner.recv()
-        if frame["event"] == "stats":
+        if frame["event"] == "token":
+            tokens += 1
+            if tokens == 10:  # a few decode steps in
+                runner.send({"op": "stats"})
+        elif frame["event"] == "stats":
             stats = frame
         elif frame["event"] in ("done", "error"):
             assert frame["event"] == "done", frame
@@ -434,6 +438,24 @@ def test_an_adaptive_runner_gives_up_threads_while_other_processes_hold_the_core
     deadline = time.monotonic() + 30
     while _stats_while_generating(runner, "after")["threads"] != 2:
         assert time.monotonic() < deadline, "the runner never took its threads back"
+
+
+def test_load_that_ended_while_the_runner_idled_costs_no_threads(
+    runner: RunnerProcess, tiny_model: TinyModelFactory
+) -> None:
+    load = {"op": "load", "path": str(tiny_model("b")), "num_ctx": 512, "num_threads": 2}
+    runner.send({**load, "adapt_threads": True})
+    assert runner.recv()["event"] == "loaded"
+    _stats_while_generating(runner, "before")
+    spin = "import time\nend = time.time() + 60\nwhile time.time() < end: pass\n"
+    count = 2 * (os.cpu_count() or 1)
+    spinners = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(count)]
+    time.sleep(1.5)  # the runner idles while the machine is busy...
+    for spinner in spinners:
+        spinner.kill()
+        spinner.wait()
+    # ...and is free again when work comes: it decodes with all its threads.
+    assert _stats_while_generating(runner, "after")["threads"] == 2
 
 
 def test_a_fixed_runner_keeps_its_threads(
