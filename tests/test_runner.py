@@ -4,6 +4,7 @@ framing it speaks. Tiny models always answer with their own character."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
 import socket
@@ -413,49 +414,51 @@ def _stats_while_generating(runner: RunnerProcess, request_id: str) -> Frame:
                 return stats
 
 
-def test_an_adaptive_runner_gives_up_threads_while_other_processes_hold_the_cores(
-    runner: RunnerProcess, tiny_model: TinyModelFactory
-) -> None:
+@pytest.fixture
+def adaptive(runner: RunnerProcess, tiny_model: TinyModelFactory) -> RunnerProcess:
+    """A runner with 2 threads and the thread governor on."""
     load = {"op": "load", "path": str(tiny_model("b")), "num_ctx": 512, "num_threads": 2}
     runner.send({**load, "adapt_threads": True})
     assert runner.recv()["event"] == "loaded"
-    assert _stats_while_generating(runner, "quiet")["threads"] == 2
-    # Twice as many spinning processes as cores: whatever the machine, at most one core is
-    # left to the runner.
+    return runner
+
+
+@contextlib.contextmanager
+def machine_held_by_others() -> Iterator[None]:
+    """Twice as many spinning processes as cores: whatever the machine, at most one core is
+    left to anyone else."""
     spin = "import time\nend = time.time() + 60\nwhile time.time() < end: pass\n"
     count = 2 * (os.cpu_count() or 1)
     spinners = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(count)]
     try:
-        deadline = time.monotonic() + 30
-        threads = [_stats_while_generating(runner, "busy-0")["threads"]]
-        while threads[-1] != 1 and time.monotonic() < deadline:
-            threads.append(_stats_while_generating(runner, f"busy-{len(threads)}")["threads"])
+        yield
     finally:
         for spinner in spinners:
             spinner.kill()
             spinner.wait()
+
+
+def test_an_adaptive_runner_gives_up_threads_while_other_processes_hold_the_cores(
+    adaptive: RunnerProcess,
+) -> None:
+    assert _stats_while_generating(adaptive, "quiet")["threads"] == 2
+    with machine_held_by_others():
+        deadline = time.monotonic() + 30
+        threads = [_stats_while_generating(adaptive, "busy-0")["threads"]]
+        while threads[-1] != 1 and time.monotonic() < deadline:
+            threads.append(_stats_while_generating(adaptive, f"busy-{len(threads)}")["threads"])
     assert threads[-1] == 1, threads
     deadline = time.monotonic() + 30
-    while _stats_while_generating(runner, "after")["threads"] != 2:
+    while _stats_while_generating(adaptive, "after")["threads"] != 2:
         assert time.monotonic() < deadline, "the runner never took its threads back"
 
 
-def test_load_that_ended_while_the_runner_idled_costs_no_threads(
-    runner: RunnerProcess, tiny_model: TinyModelFactory
-) -> None:
-    load = {"op": "load", "path": str(tiny_model("b")), "num_ctx": 512, "num_threads": 2}
-    runner.send({**load, "adapt_threads": True})
-    assert runner.recv()["event"] == "loaded"
-    _stats_while_generating(runner, "before")
-    spin = "import time\nend = time.time() + 60\nwhile time.time() < end: pass\n"
-    count = 2 * (os.cpu_count() or 1)
-    spinners = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(count)]
-    time.sleep(1.5)  # the runner idles while the machine is busy...
-    for spinner in spinners:
-        spinner.kill()
-        spinner.wait()
+def test_load_that_ended_while_the_runner_idled_costs_no_threads(adaptive: RunnerProcess) -> None:
+    _stats_while_generating(adaptive, "before")
+    with machine_held_by_others():
+        time.sleep(1.5)  # the runner idles while the machine is busy...
     # ...and is free again when work comes: it decodes with all its threads.
-    assert _stats_while_generating(runner, "after")["threads"] == 2
+    assert _stats_while_generating(adaptive, "after")["threads"] == 2
 
 
 def test_a_fixed_runner_keeps_its_threads(
