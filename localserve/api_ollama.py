@@ -328,6 +328,7 @@ async def ps(request: web.Request) -> web.Response:
                 "slots_busy": row["slots_busy"],
                 "queue_depth": row["queue_depth"],
                 "pid": row["pid"],
+                "threads": row["threads"],
             }
         )
     return web.json_response({"models": rows})

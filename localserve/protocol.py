@@ -17,7 +17,7 @@ Daemon -> runner (`op`):
 Runner -> daemon (`event`):
     ready     {event, pid}                       the process is up, llama_cpp imported
     load_progress {event, progress}              0..1 while llama.cpp loads (throttled)
-    loaded    {event, load_duration, rss, n_ctx, slots, n_gpu_layers}  n_ctx per slot
+    loaded    {event, load_duration, rss, n_ctx, slots, n_gpu_layers, threads}  n_ctx per slot
     token     {event, id, text}                  one decoded piece of a generation
     done      {event, id, done_reason, prompt_eval_count, prompt_eval_duration,
                eval_count, eval_duration}        durations in nanoseconds;

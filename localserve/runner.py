@@ -264,6 +264,7 @@ class Runner:
                 "n_ctx": info.n_ctx,
                 "slots": info.slots,
                 "n_gpu_layers": int(message.get("num_gpu", 0)),
+                "threads": self.threads,
             }
         )
 

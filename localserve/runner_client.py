@@ -52,6 +52,7 @@ class RunnerProcess:
         self._exit_callbacks: list[Callable[[RunnerProcess], None]] = []
         self.exited = asyncio.Event()
         self.rss = 0
+        self.threads = 0  # llama.cpp threads the runner decodes with (its last report)
         self._read_task = asyncio.create_task(self._read_loop(), name=f"runner-{self.pid}")
 
     @classmethod
@@ -114,6 +115,7 @@ class RunnerProcess:
                     queue.put_nowait(frame)
                 elif frame.get("event") == "stats":
                     self.rss = int(frame.get("rss", 0))
+                    self.threads = int(frame.get("threads", self.threads))
                 elif request_id and frame.get("event") != "error":
                     continue  # a late frame for a request that was abandoned
                 else:
@@ -180,6 +182,7 @@ class RunnerProcess:
         if frame.get("event") != "loaded":
             raise RunnerError(f"failed to load model: {frame.get('message', 'unknown error')}")
         self.rss = int(frame.get("rss", 0))
+        self.threads = int(frame.get("threads", 0))
         return LoadResult(
             load_duration_ns=int(frame.get("load_duration", 0)),
             rss=self.rss,

@@ -295,6 +295,7 @@ class Scheduler:
                     "slots_busy": min(model.in_flight, model.spec.num_parallel),
                     "queue_depth": self._queue_depth(model.spec.key),
                     "pid": model.runner.pid if model.runner else None,
+                    "threads": model.runner.threads if model.runner else 0,
                     "facts": model.spec.facts,
                     "busy": model.in_flight > 0,
                 }

@@ -96,6 +96,7 @@ def test_load_reports_timing_memory_and_context(
     assert frame["rss"] > 0
     assert frame["n_ctx"] == 512
     assert frame["n_gpu_layers"] == 0
+    assert frame["threads"] == 1
 
 
 def test_load_reports_llama_cpp_progress_before_loaded(

@@ -41,6 +41,7 @@ class FakeRunner:
         self.alive = True
         self.active = 0
         self.rss = 0
+        self.threads = 1
         self.load_args: dict[str, Any] = {}
         self._callbacks: list[Any] = []
 

@@ -142,6 +142,7 @@ def test_keep_alive_expires_after_its_duration(daemon: DaemonThread) -> None:
     (row,) = json.loads(data)["models"]
     assert row["state"] == "ready" and row["load_progress"] == 1.0
     assert row["gpu_layers"] == 0 and row["pid"] > 0 and row["slots"] >= 1
+    assert row["threads"] == 1  # test daemons run 1 thread
     deadline = time.time() + 10
     while daemon.ps() and time.time() < deadline:
         time.sleep(0.1)
