@@ -10,7 +10,7 @@ CPU_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -
 CMAKE_ARGS ?=
 PROMPT ?= Why is the sky blue? Answer in two sentences.
 
-.PHONY: venv run test lint typecheck check bench clean
+.PHONY: completions venv run test lint typecheck check bench clean
 
 $(BIN)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -53,6 +53,12 @@ check: lint typecheck
 test: venv lint typecheck
 	$(BIN)/python -m pytest -q -p no:cacheprovider; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
+
+# Shell completion scripts (typer's; they ask the CLI itself, so they rarely change).
+completions: venv
+	_LOCALSERVE_COMPLETE=source_bash $(BIN)/localserve | sed '/./,$$!d' > packaging/completions/localserve.bash
+	_LOCALSERVE_COMPLETE=source_zsh $(BIN)/localserve | sed '/./,$$!d' > packaging/completions/_localserve
+	_LOCALSERVE_COMPLETE=source_fish $(BIN)/localserve | sed '/./,$$!d' > packaging/completions/localserve.fish
 
 bench: venv
 	$(BIN)/python benchmarks/overhead.py

@@ -241,6 +241,22 @@ def make_client(settings: Settings, timeout: float | None = None) -> LocalserveC
     return LocalserveClient(settings.base_url, api_key=settings.api_key, timeout=timeout)
 
 
+def complete_model_name(incomplete: str) -> list[str]:
+    """Shell completion: the installed models whose name starts with `incomplete`. Asks a
+    running daemon (briefly); never starts one, and offers nothing when none answers."""
+
+    async def installed() -> list[str]:
+        async with make_client(load_settings(), timeout=2.0) as client:
+            return [str(m["name"]) for m in await client.list_models()]
+
+    try:
+        names = asyncio.run(installed())
+    except Exception:  # completion must never fail loudly in the user's shell
+        return []
+    short = [n.removesuffix(":latest") for n in names]  # "tiny" for "tiny:latest"
+    return sorted({n for n in [*names, *short] if n.startswith(incomplete)})
+
+
 def client_version() -> str:
     try:
         return metadata.version("localserve")
@@ -281,6 +297,9 @@ daemon_app = typer.Typer(help="Run the daemon in the background: start, stop, st
 app.add_typer(daemon_app, name="daemon")
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print the raw JSON response.")]
+ModelArgument = Annotated[
+    str, typer.Argument(help="Model name.", autocompletion=complete_model_name)
+]
 
 
 @app.command()
@@ -431,7 +450,10 @@ def _print_timings(final: dict[str, Any]) -> None:
 
 @app.command()
 def run(
-    model: Annotated[str, typer.Argument(help="Model name, e.g. smollm2:135m.")],
+    model: Annotated[
+        str,
+        typer.Argument(help="Model name, e.g. smollm2:135m.", autocompletion=complete_model_name),
+    ],
     prompt: Annotated[
         list[str] | None,
         typer.Argument(help="The prompt; read from stdin when stdin is not a terminal."),
@@ -667,7 +689,7 @@ def ps(json_: JsonFlag = False) -> None:
 
 @app.command()
 def show(
-    model: Annotated[str, typer.Argument(help="Model name.")],
+    model: ModelArgument,
     json_: JsonFlag = False,
     modelfile: Annotated[bool, typer.Option("--modelfile", help="Show the Modelfile.")] = False,
     template: Annotated[bool, typer.Option("--template", help="Show the template.")] = False,
@@ -702,7 +724,11 @@ def show(
 
 
 @app.command()
-def rm(models: Annotated[list[str], typer.Argument(help="Model names.")]) -> None:
+def rm(
+    models: Annotated[
+        list[str], typer.Argument(help="Model names.", autocompletion=complete_model_name)
+    ],
+) -> None:
     """Remove models (their blobs are collected when nothing else uses them)."""
     settings = get_settings()
     need_daemon(settings)
@@ -728,7 +754,9 @@ def rm(models: Annotated[list[str], typer.Argument(help="Model names.")]) -> Non
 
 @app.command()
 def cp(
-    source: Annotated[str, typer.Argument(help="Existing model.")],
+    source: Annotated[
+        str, typer.Argument(help="Existing model.", autocompletion=complete_model_name)
+    ],
     destination: Annotated[str, typer.Argument(help="New name.")],
 ) -> None:
     """Copy a model under a new name (no bytes are copied)."""
@@ -745,7 +773,7 @@ def cp(
 
 
 @app.command()
-def stop(model: Annotated[str, typer.Argument(help="Model name.")]) -> None:
+def stop(model: ModelArgument) -> None:
     """Unload a model now."""
     settings = get_settings()
     need_daemon(settings)
@@ -759,7 +787,7 @@ def stop(model: Annotated[str, typer.Argument(help="Model name.")]) -> None:
 
 
 @app.command()
-def pin(model: Annotated[str, typer.Argument(help="Model name.")]) -> None:
+def pin(model: ModelArgument) -> None:
     """Load a model and keep it loaded (evicted last, never expires)."""
     _load_with_keep_alive(model, -1)
     typer.echo(f"pinned {model}")
@@ -767,7 +795,7 @@ def pin(model: Annotated[str, typer.Argument(help="Model name.")]) -> None:
 
 @app.command()
 def unpin(
-    model: Annotated[str, typer.Argument(help="Model name.")],
+    model: ModelArgument,
     keepalive: Annotated[
         str, typer.Option("--keepalive", help="Keep-alive from now on, e.g. 5m.")
     ] = "5m",

@@ -3,10 +3,13 @@ never as top-level modules, and the core never imports a UI package."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 UI_PACKAGES = ("typer", "rich", "textual")
@@ -94,7 +97,27 @@ def test_wheel_holds_cli_and_tui_under_localserve_only(tmp_path: Path) -> None:
         timeout=300,
     )
     code = "import localserve.cli.app, localserve.tui; print(localserve.cli.app.__file__)"
-    import os
 
     env = {**os.environ, "PYTHONPATH": str(site)}
     assert run_python(code, tmp_path, env).startswith(str(site))
+
+
+@pytest.mark.parametrize(
+    ("shell", "filename"),
+    [("bash", "localserve.bash"), ("zsh", "_localserve"), ("fish", "localserve.fish")],
+)
+def test_packaged_completion_scripts_match_what_the_cli_generates(
+    shell: str, filename: str
+) -> None:
+    """`make completions` writes them; a CLI change that alters them must refresh them."""
+    generated = subprocess.run(
+        [sys.executable, "-m", "localserve.cli.app"],
+        env={**os.environ, "_LOCALSERVE_COMPLETE": f"source_{shell}"},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    packaged = (REPO / "packaging" / "completions" / filename).read_text()
+    assert packaged.strip() == generated.strip()
+    if shell == "zsh":
+        assert packaged.startswith("#compdef localserve")  # zsh reads only the first line

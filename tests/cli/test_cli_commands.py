@@ -407,3 +407,25 @@ def test_the_load_spinner_shows_the_daemons_load_progress(
     assert all(text.startswith("loading progress ") for text in loading)
     percents = [int(text.rsplit(" ", 1)[1].rstrip("%")) for text in loading]
     assert percents == sorted(percents)
+
+
+def test_shell_completion_offers_installed_model_names(
+    cli_daemon: CliDaemon, tiny_model: TinyModelFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    create(cli_daemon, "complete-me", tiny_model("c"))
+    for key, value in cli_daemon.env.items():
+        monkeypatch.setenv(key, value)
+    assert cli.complete_model_name("complete-") == ["complete-me", "complete-me:latest"]
+    assert cli.complete_model_name("no-such-prefix") == []
+
+
+def test_shell_completion_offers_nothing_and_starts_nothing_without_a_daemon(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port = free_port()
+    for key, value in cli_env(tmp_path, port).items():
+        monkeypatch.setenv(key, value)
+    assert cli.complete_model_name("") == []
+    assert not (tmp_path / "state" / "localserve.pid").exists()
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/api/version", timeout=2)

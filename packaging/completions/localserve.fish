@@ -1,0 +1,1 @@
+complete --command localserve --no-files --arguments "(env _LOCALSERVE_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) localserve)" --condition "env _LOCALSERVE_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) localserve"
