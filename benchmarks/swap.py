@@ -3,8 +3,11 @@
 One run on two copies of SmolLM2 under different names with LOCALSERVE_MAX_LOADED=1:
 time from request to first token when the model must be swapped in, against a cold start
 (a fresh process: import llama_cpp, load the model, first token). Target: swap <= 0.8x
-the cold start. Also the p99 latency of GET /api/ps while four generations stream
-(target <= 10 ms).
+the cold start. Each measurement follows `--pause` seconds of quiet: the spare runner
+(started once no model decodes) needs about a second to import llama_cpp, and a cold start
+measured while it imports would be slowed by it. `--pause 0` measures back-to-back swaps,
+which find the spare still importing. Also the p99 latency of GET /api/ps while four
+generations stream (target <= 10 ms).
 
     .venv/bin/python benchmarks/swap.py [--rounds 6]
 """
@@ -84,13 +87,21 @@ def ps_latencies(port: int, stop: threading.Event) -> list[float]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument(
+        "--pause",
+        type=float,
+        default=1.5,
+        help="seconds of quiet before each measurement (the spare runner's import takes ~1 s)",
+    )
     args = parser.parse_args()
     model = smollm2_path()
     with bench_daemon({"one": model, "two": model}, num_ctx="2048", max_loaded="1") as port:
         first_token(port, "one")  # warm: page cache, spare runner
         swaps, colds = [], []
         for round_ in range(args.rounds):
+            time.sleep(args.pause)
             swaps.append(first_token(port, "two" if round_ % 2 == 0 else "one"))
+            time.sleep(args.pause)
             colds.append(cold_start(model))
         # /api/ps latency while four generations stream (MAX_LOADED=1: same model).
         stop = threading.Event()
@@ -108,7 +119,7 @@ def main() -> None:
     cold = statistics.median(colds)
     latencies = sorted(holder[0])
     p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
-    print(f"SmolLM2 135M Q4_1, {args.rounds} rounds")
+    print(f"SmolLM2 135M Q4_1, {args.rounds} rounds, {args.pause:g} s of quiet before each")
     print(
         f"swap to first token   median {swap * 1000:7.1f} ms  (all: "
         + ", ".join(f"{s * 1000:.0f}" for s in swaps)

@@ -35,6 +35,11 @@ from localserve.runner_client import LoadResult, RunnerProcess
 
 log = logging.getLogger("localserve.scheduler")
 COMPUTE_OVERHEAD_BYTES = 64 * 1024**2
+# The next spare runner starts once no model is decoding (its llama_cpp import takes a
+# core for about a second, which cost a first answer ~35 % of its tok/s on 2 cores), but
+# no sooner than this after a load, and no later than the deadline.
+SPARE_REFILL_DELAY_S = 0.25
+SPARE_REFILL_DEADLINE_S = 5.0
 FOREVER_WALL = 253402300799.0  # 9999-12-31T23:59:59Z, how /api/ps shows "forever"
 
 
@@ -173,6 +178,7 @@ class Scheduler:
         self._task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._closed = False
+        self._refill_deadline: float | None = None
         self._queue_seen: dict[str, int] = {}
 
     # ---- lifecycle ---------------------------------------------------------------------
@@ -614,6 +620,21 @@ class Scheduler:
         loaded_runner = runner
         self._post(lambda: self._on_loaded(model, loaded_runner, result))
 
+    def _refill_spare_when_quiet(self, delay: float = 0.0) -> None:
+        """Start the next spare runner once no model decodes (see SPARE_REFILL_DELAY_S)."""
+
+        def check() -> None:
+            if self._refill_deadline is None or self._closed:
+                return
+            decoding = any(m.in_flight for m in self.models.values())
+            if decoding and time.monotonic() < self._refill_deadline:
+                self._refill_spare_when_quiet(SPARE_REFILL_DELAY_S)
+                return
+            self._refill_deadline = None
+            self.runner_pool.refill()
+
+        asyncio.get_running_loop().call_later(delay, self._post, check)
+
     def _on_load_progress(self, model: LoadedModel, progress: float) -> None:
         if self.models.get(model.spec.key) is not model or model.state != "loading":
             return
@@ -645,8 +666,8 @@ class Scheduler:
             rss=result.rss,
             load_duration=result.load_duration_ns,
         )
-        # Start the next spare runner a little later, off the path of the first tokens.
-        asyncio.get_running_loop().call_later(0.25, self._post, self.runner_pool.refill)
+        self._refill_deadline = time.monotonic() + SPARE_REFILL_DEADLINE_S
+        self._refill_spare_when_quiet(SPARE_REFILL_DELAY_S)
         waiters, model.waiters = model.waiters, []
         for future, keep in waiters:
             self._grant(model, future, keep)

@@ -272,6 +272,36 @@ async def test_load_progress_is_published_and_shown_while_loading(tmp_path: Path
     assert row["state"] == "ready" and row["load_progress"] == 1.0
 
 
+async def wait_for_runners(world: World, count: int, timeout: float = 2.0) -> None:
+    deadline = time.monotonic() + timeout
+    while len(world.runners) < count and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+
+
+async def test_the_spare_runner_starts_only_once_no_model_decodes(tmp_path: Path) -> None:
+    world = World(tmp_path, spare_runner=True)
+    lease = await world.acquire(spec("a"))  # a request decoding on the fresh model
+    await asyncio.sleep(0.6)
+    assert len(world.runners) == 1  # no spare while the first answer streams
+    world.release(lease)
+    await wait_for_runners(world, 2)
+    assert len(world.runners) == 2
+    spare = world.runners[1]
+    await world.use(spec("b"))  # the next load takes the spare, starts no process itself
+    assert world.scheduler.models["b:latest"].runner is spare
+
+
+async def test_the_spare_runner_starts_by_the_deadline_under_steady_traffic(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("localserve.scheduler.SPARE_REFILL_DEADLINE_S", 0.5)
+    world = World(tmp_path, spare_runner=True)
+    lease = await world.acquire(spec("a"))
+    await wait_for_runners(world, 2)
+    assert len(world.runners) == 2  # still decoding, but the deadline passed
+    world.release(lease)
+
+
 async def test_concurrent_first_requests_load_the_model_once(tmp_path: Path) -> None:
     world = World(tmp_path)
     leases = await asyncio.gather(*(world.acquire(spec("a")) for _ in range(6)))
