@@ -31,7 +31,7 @@ import psutil
 
 from localserve.batching import Engine, RequestError
 from localserve.protocol import Frame, encode_frame, recv_frame
-from localserve.threads import SAMPLE_INTERVAL_S, CpuSampler, ThreadGovernor
+from localserve.threads import SAMPLE_INTERVAL_S, CpuSampler, ThreadGovernor, usable_cpus
 
 __all__ = ["RequestError", "Runner", "main"]
 
@@ -170,7 +170,7 @@ class Runner:
         """Measure other processes' load from now: what they did while this runner idled
         (another program's burst, another runner's generation) may be over."""
         if self.governor is not None:
-            self.cpu.other_cores()
+            self.cpu.restart()
             self._sampled_at = time.monotonic()
 
     def _govern_threads(self) -> None:
@@ -242,7 +242,8 @@ class Runner:
         threads = int(message.get("num_threads") or os.cpu_count() or 1)
         self.governor = None
         if message.get("adapt_threads") and threads > 1:
-            self.governor = ThreadGovernor(threads, psutil.cpu_count() or threads)
+            self.governor = ThreadGovernor(threads, len(usable_cpus()))
+            self._restart_cpu_sampling()
         try:
             info = self.engine.load(
                 path,

@@ -9,12 +9,14 @@ with at most as many threads as there are cores that other processes leave free,
 more than configured and never fewer than one (`llama_set_n_threads` takes effect at the
 next decode).
 
-`CpuSampler` measures the load of other processes (all CPU time minus this process's);
+`CpuSampler` measures the load of other processes on the CPUs this process may use (its
+affinity, e.g. a container's cpuset): all CPU time there minus this process's.
 `ThreadGovernor` turns that into a thread count, with hysteresis so it does not flap.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,24 +30,43 @@ FREE_CORE_AT = 0.4
 SAMPLE_INTERVAL_S = 1.0
 
 
-def _busy_seconds() -> float:
-    """CPU seconds all processes have used, over all cores, since boot."""
-    times = psutil.cpu_times()
-    idle = times.idle + getattr(times, "iowait", 0.0)
-    return float(sum(times) - idle)
+def usable_cpus() -> list[int]:
+    """The CPUs this process may run on (its affinity: a container's cpuset, `taskset`)."""
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return list(range(psutil.cpu_count() or 1))
+
+
+def _busy_seconds(cpus: list[int]) -> float:
+    """CPU seconds all processes have used on `cpus` since boot."""
+    per_cpu = psutil.cpu_times(percpu=True)
+    busy = 0.0
+    for index in cpus:
+        if index < len(per_cpu):
+            times = per_cpu[index]
+            busy += sum(times) - times.idle - getattr(times, "iowait", 0.0)
+    return busy
 
 
 @dataclass
 class CpuSampler:
-    """Cores' worth of CPU that other processes used since the previous sample."""
+    """Cores' worth of CPU that other processes used, on the CPUs this process may use,
+    since the previous sample."""
 
     process: psutil.Process = field(default_factory=psutil.Process)
     clock: Callable[[], float] = time.monotonic
+    cpus: list[int] = field(default_factory=usable_cpus)
     _last: tuple[float, float, float] | None = None
 
     def _read(self) -> tuple[float, float, float]:
         own = self.process.cpu_times()
-        return self.clock(), _busy_seconds(), own.user + own.system
+        return self.clock(), _busy_seconds(self.cpus), own.user + own.system
+
+    def restart(self) -> None:
+        """Forget the previous sample (and re-read the affinity): measure from now."""
+        self.cpus = usable_cpus()
+        self._last = self._read()
 
     def other_cores(self) -> float | None:
         """None on the first call (nothing to compare with yet)."""

@@ -415,9 +415,17 @@ def _stats_while_generating(runner: RunnerProcess, request_id: str) -> Frame:
                 return stats
 
 
+# The adaptive-thread tests pin the runner and the busy processes to two CPUs, so they mean
+# the same on any machine: the runner's governor counts only the CPUs it may run on.
+TWO_CPUS = sorted(os.sched_getaffinity(0))[:2] if hasattr(os, "sched_getaffinity") else []
+
+
 @pytest.fixture
 def adaptive(runner: RunnerProcess, tiny_model: TinyModelFactory) -> RunnerProcess:
-    """A runner with 2 threads and the thread governor on."""
+    """A runner on two CPUs with 2 threads and the thread governor on."""
+    if len(TWO_CPUS) < 2:
+        pytest.skip("needs two CPUs it may pin processes to")
+    os.sched_setaffinity(runner.proc.pid, TWO_CPUS)
     load = {"op": "load", "path": str(tiny_model("b")), "num_ctx": 512, "num_threads": 2}
     runner.send({**load, "adapt_threads": True})
     assert runner.recv()["event"] == "loaded"
@@ -426,12 +434,12 @@ def adaptive(runner: RunnerProcess, tiny_model: TinyModelFactory) -> RunnerProce
 
 @contextlib.contextmanager
 def machine_held_by_others() -> Iterator[None]:
-    """Twice as many spinning processes as cores: whatever the machine, at most one core is
-    left to anyone else."""
+    """Four spinning processes on the runner's two CPUs: at most one core is left to it."""
     spin = "import time\nend = time.time() + 60\nwhile time.time() < end: pass\n"
-    count = 2 * (os.cpu_count() or 1)
-    spinners = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(count)]
+    spinners = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(4)]
     try:
+        for spinner in spinners:
+            os.sched_setaffinity(spinner.pid, TWO_CPUS)
         yield
     finally:
         for spinner in spinners:
