@@ -3,11 +3,11 @@
 One run on two copies of SmolLM2 under different names with LOCALSERVE_MAX_LOADED=1:
 time from request to first token when the model must be swapped in, against a cold start
 (a fresh process: import llama_cpp, load the model, first token). Target: swap <= 0.8x
-the cold start. Each measurement follows `--pause` seconds of quiet: the spare runner
-(started once no model decodes) needs about a second to import llama_cpp, and a cold start
-measured while it imports would be slowed by it. `--pause 0` measures back-to-back swaps,
-which find the spare still importing. Also the p99 latency of GET /api/ps while four
-generations stream (target <= 10 ms).
+the cold start. Each measurement follows `--pause` seconds of quiet: the next spare runner
+starts 0.25 s after a load at the earliest and needs ~0.2 s of CPU to import llama_cpp, and
+a cold start measured while it starts would be slowed by it. `--pause 0` measures
+back-to-back swaps, which find the spare not ready yet. Also the p99 latency of
+GET /api/ps while four generations stream (target <= 10 ms).
 
     .venv/bin/python benchmarks/swap.py [--rounds 6]
 """
@@ -91,7 +91,7 @@ def main() -> None:
         "--pause",
         type=float,
         default=1.5,
-        help="seconds of quiet before each measurement (the spare runner's import takes ~1 s)",
+        help="seconds of quiet before each measurement (for the next spare runner to start)",
     )
     args = parser.parse_args()
     model = smollm2_path()

@@ -35,9 +35,10 @@ from localserve.runner_client import LoadResult, RunnerProcess
 
 log = logging.getLogger("localserve.scheduler")
 COMPUTE_OVERHEAD_BYTES = 64 * 1024**2
-# The next spare runner starts once no model is decoding (its llama_cpp import takes a
-# core for about a second, which cost a first answer ~35 % of its tok/s on 2 cores), but
-# no sooner than this after a load, and no later than the deadline.
+# The next spare runner starts once no model is decoding (its start, ~0.2 s of CPU for
+# Python and llama_cpp, stalls a decoding runner's threads: it cost a first answer ~35 %
+# of its tok/s on 2 cores), but no sooner than this after a load, and no later than the
+# deadline.
 SPARE_REFILL_DELAY_S = 0.25
 SPARE_REFILL_DEADLINE_S = 5.0
 FOREVER_WALL = 253402300799.0  # 9999-12-31T23:59:59Z, how /api/ps shows "forever"
