@@ -77,7 +77,12 @@ class Runner:
         self._outbox: list[bytes] = []  # the engine's frames, sent together after each step
         self.governor: ThreadGovernor | None = None  # set by a load with adapt_threads
         self.cpu = CpuSampler()
-        self._sampled_at = 0.0
+        # The sampler thread's latest reading of other processes' load (cores), and a
+        # count of readings, so the main thread applies each one once.
+        self._other_load = 0.0
+        self._readings = 0
+        self._applied = 0
+        self._sampler: threading.Thread | None = None
 
     def send(self, message: Frame) -> None:
         data = encode_frame(message)
@@ -140,12 +145,8 @@ class Runner:
         while True:
             # Block only when idle; otherwise take what has arrived and step.
             messages: list[Frame | None] = []
-            resumed = False
             if not self.engine.has_work:
-                idle_since = time.monotonic()
                 messages.append(self.work.get())
-                # After a long idle spell, the load measured meanwhile says little about now.
-                resumed = time.monotonic() - idle_since > SAMPLE_INTERVAL_S
             while True:
                 try:
                     messages.append(self.work.get_nowait())
@@ -160,30 +161,27 @@ class Runner:
                     return 1
             self.flush()
             if self.engine.has_work:
-                if resumed:
-                    self._restart_cpu_sampling()
+                self._govern_threads()  # before the step: a prompt read needs it most
                 self.engine.step()
                 self.flush()
-                self._govern_threads()
 
-    def _restart_cpu_sampling(self) -> None:
-        """Measure other processes' load from now: what they did while this runner idled
-        (another program's burst, another runner's generation) may be over."""
-        if self.governor is not None:
-            self.cpu.restart()
-            self._sampled_at = time.monotonic()
+    def _sample_cpu(self) -> None:
+        """Sampler thread: other processes' load over each SAMPLE_INTERVAL_S, idle or not,
+        so the first step after an idle spell already knows the load of the moment."""
+        self.cpu.restart()
+        while True:
+            time.sleep(SAMPLE_INTERVAL_S)
+            other = self.cpu.other_cores()
+            if other is not None:
+                self._other_load = other
+                self._readings += 1
 
     def _govern_threads(self) -> None:
-        """About once a second, decode with no more threads than the cores others leave."""
-        if self.governor is None:
+        """Decode with no more threads than the cores others leave (each new reading)."""
+        if self.governor is None or self._readings == self._applied:
             return
-        now = time.monotonic()
-        if now - self._sampled_at < SAMPLE_INTERVAL_S:
-            return
-        self._sampled_at = now
-        other = self.cpu.other_cores()
-        if other is None:
-            return
+        self._applied = self._readings
+        other = self._other_load
         before = self.governor.threads
         if self.governor.update(other) != before:
             self.engine.set_threads(self.governor.threads)
@@ -243,7 +241,11 @@ class Runner:
         self.governor = None
         if message.get("adapt_threads") and threads > 1:
             self.governor = ThreadGovernor(threads, len(usable_cpus()))
-            self._restart_cpu_sampling()
+            if self._sampler is None:
+                self._sampler = threading.Thread(
+                    target=self._sample_cpu, name="runner-cpu-sampler", daemon=True
+                )
+                self._sampler.start()
         try:
             info = self.engine.load(
                 path,

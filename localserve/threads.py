@@ -4,10 +4,11 @@ llama.cpp's CPU threads wait for each other at every step of a decode (OpenMP ba
 spin). When another program holds one of the cores those threads need, a step waits for a
 descheduled thread, and decode speed collapses: measured here on 2 cores with SmolLM2, a
 2-thread runner fell from ~120 to 30-45 tok/s while one other process was busy, where a
-1-thread runner kept ~80. So the runner samples the CPU about once a second and decodes
-with at most as many threads as there are cores that other processes leave free, never
-more than configured and never fewer than one (`llama_set_n_threads` takes effect at the
-next decode).
+1-thread runner kept ~80. So a runner thread samples the CPU four times a second (also
+while the runner idles, so the first step of a new request knows the load of the moment)
+and the runner decodes with at most as many threads as there are cores that other
+processes leave free, never more than configured and never fewer than one
+(`llama_set_n_threads`, applied between decode steps).
 
 `CpuSampler` measures the load of other processes on the CPUs this process may use (its
 affinity, e.g. a container's cpuset): all CPU time there minus this process's.
@@ -27,7 +28,7 @@ import psutil
 TAKE_CORE_AT = 0.6
 # ...and as free again once their use falls below this.
 FREE_CORE_AT = 0.4
-SAMPLE_INTERVAL_S = 1.0
+SAMPLE_INTERVAL_S = 0.25
 
 
 def usable_cpus() -> list[int]:
