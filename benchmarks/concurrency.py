@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import bench_daemon, smollm2_path
+from common import bench_daemon, in_process_stream, smollm2_path
 
 TOPICS = [
     "a lighthouse keeper",
@@ -57,16 +57,7 @@ def prompt(tag: str, index: int) -> str:
 
 def in_process(llm: Any, tokens: int, tag: str) -> float:
     """Single-stream decode tokens/s of llama-cpp-python's create_completion(stream=True)."""
-    first = 0.0
-    count = 0
-    stream = llm.create_completion(prompt(tag, 0), max_tokens=tokens, temperature=0, stream=True)
-    for chunk in stream:
-        if chunk["choices"][0]["text"]:
-            count += 1
-            if not first:
-                first = time.perf_counter()
-    ended = time.perf_counter()
-    return (count - 1) / (ended - first)
+    return in_process_stream(llm, prompt(tag, 0), tokens)[1]
 
 
 def stream_generate(port: int, text: str, tokens: int, stamps: list[float]) -> None:

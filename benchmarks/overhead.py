@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import bench_daemon, smollm2_path
+from common import bench_daemon, in_process_stream, smollm2_path
 
 # ChatML, SmolLM2's format, sent raw so both sides decode the very same tokens.
 PROMPTS = [
@@ -38,23 +38,7 @@ def prompt_for(round_: int, variant: str) -> str:
 
 
 def in_process(llm: object, tokens: int, round_: int) -> list[tuple[float, float]]:
-    results = []
-    for _ in range(1):
-        prompt = prompt_for(round_, "a")
-        started = time.perf_counter()
-        first = 0.0
-        count = 0
-        stream = llm.create_completion(  # type: ignore[attr-defined]
-            prompt, max_tokens=tokens, temperature=0, stream=True
-        )
-        for chunk in stream:
-            if chunk["choices"][0]["text"]:
-                count += 1
-                if not first:
-                    first = time.perf_counter()
-        ended = time.perf_counter()
-        results.append((first - started, (count - 1) / (ended - first)))
-    return results
+    return [in_process_stream(llm, prompt_for(round_, "a"), tokens)]
 
 
 def over_http(port: int, path: str, tokens: int, round_: int) -> list[tuple[float, float]]:

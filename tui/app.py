@@ -43,7 +43,7 @@ from localserve.tui.screens import (
     MonitorScreen,
     UnreachableScreen,
 )
-from localserve.tui.source import DataSource
+from localserve.tui.source import JSON, DataSource
 from localserve.tui.state import MonitorState
 from localserve.tui.widgets import MODE_KEYS
 
@@ -208,21 +208,27 @@ class LocalserveApp(App[None]):
         if isinstance(screen, MonitorScreen):
             screen.refresh_from_state()
 
+    async def _background_read(self, call: Awaitable[list[JSON]]) -> list[JSON] | None:
+        """A poll's answer; None when it failed (no daemon: the unreachable screen shows)."""
+        try:
+            return await call
+        except DaemonUnreachableError as exc:
+            self.connection_lost(str(exc))
+        except ClientError:
+            pass
+        return None
+
     @work(group="ps")
     async def _poll_ps(self) -> None:
         self._ps_busy = True
         self.state.needs_ps = False
         self._last_ps = time.monotonic()
         try:
-            models = await self.source.ps()
-        except DaemonUnreachableError as exc:
-            self.connection_lost(str(exc))
-            return
-        except ClientError:
-            return
+            models = await self._background_read(self.source.ps())
         finally:
             self._ps_busy = False
-        self.state.set_running(models)
+        if models is not None:
+            self.state.set_running(models)
 
     @work(group="tags")
     async def _poll_tags(self) -> None:
@@ -230,15 +236,11 @@ class LocalserveApp(App[None]):
         self.state.needs_tags = False
         self._last_tags = time.monotonic()
         try:
-            models = await self.source.list_models()
-        except DaemonUnreachableError as exc:
-            self.connection_lost(str(exc))
-            return
-        except ClientError:
-            return
+            models = await self._background_read(self.source.list_models())
         finally:
             self._tags_busy = False
-        self.state.set_installed(models)
+        if models is not None:
+            self.state.set_installed(models)
 
     def _render_top(self) -> None:
         for screen in self.screen_stack:
