@@ -17,11 +17,42 @@ with them.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import typer
+
+from localserve.client import ClientError
+from localserve.config import Settings
+from localserve.display import parameters_text, render_show
+
+# isort: split
+from localserve.cli import render
+from localserve.cli.chat import (
+    call_pulling,
+    load_with_spinner,
+    print_timings,
+    show_model,
+    stdout_write,
+    stream_chat,
+)
+from localserve.cli.errors import ReplError, cli_errors, error_message
+
+__all__ = [
+    "HELP_TEXT",
+    "Command",
+    "Conversation",
+    "ReplError",
+    "parse_command",
+    "parse_parameter",
+    "read_message",
+    "readline_history",
+    "run_repl",
+]
 
 MULTILINE = '"""'
 HISTORY_FILE_NAME = "history"
@@ -57,10 +88,6 @@ HELP_TEXT = """Available commands:
 Use \"\"\" to begin a multi-line message."""
 
 SET_PARAMETER_HELP = "Parameters: " + ", ".join(PARAMETER_TYPES)
-
-
-class ReplError(ValueError):
-    """A command the REPL cannot carry out; the message is shown to the user."""
 
 
 @dataclass(frozen=True)
@@ -204,3 +231,109 @@ def readline_history(state_dir: Path) -> Iterator[None]:
     finally:
         with contextlib.suppress(OSError):
             readline.write_history_file(str(path))
+
+
+# ---- the session -----------------------------------------------------------------------
+
+
+def run_repl(
+    settings: Settings,
+    model: str,
+    conversation: Conversation,
+    keep_alive: str | None,
+) -> None:
+    """The interactive session: load the model, then read and carry out messages and
+    commands until /bye or Ctrl-D."""
+    with cli_errors(model):
+        call_pulling(settings, model, lambda: load_with_spinner(settings, model, keep_alive))
+    with readline_history(settings.state_dir):
+        while True:
+            try:
+                message = read_message(input)
+            except EOFError:
+                typer.echo()
+                return
+            except KeyboardInterrupt:
+                typer.echo("\nUse Ctrl + d or /bye to exit.")
+                continue
+            if not message.strip():
+                continue
+            try:
+                command = parse_command(message)
+                if command.kind == "bye":
+                    return
+                _step(settings, model, conversation, command, keep_alive)
+            except ReplError as exc:
+                typer.echo(f"Error: {exc}")
+            except KeyboardInterrupt:
+                typer.echo()
+            except ClientError as exc:
+                typer.echo(f"Error: {error_message(exc, model)}", err=True)
+
+
+def _step(
+    settings: Settings,
+    model: str,
+    conversation: Conversation,
+    command: Command,
+    keep_alive: str | None,
+) -> None:
+    kind = command.kind
+    if kind == "help":
+        typer.echo(HELP_TEXT)
+    elif kind == "clear":
+        conversation.clear()
+        typer.echo("Cleared session context")
+    elif kind == "set_parameter":
+        typer.echo(conversation.set_parameter(command.args))
+    elif kind == "set_system":
+        conversation.system = command.text or None
+        typer.echo("Set system message." if command.text else "Cleared system message.")
+    elif kind == "set_verbose":
+        conversation.verbose = True
+        typer.echo("Set 'verbose' mode.")
+    elif kind == "set_quiet":
+        conversation.verbose = False
+        typer.echo("Set 'quiet' mode.")
+    elif kind == "set_format":
+        conversation.format = "json"
+        typer.echo("Set format to 'json' mode.")
+    elif kind == "set_noformat":
+        conversation.format = None
+        typer.echo("Disabled format.")
+    elif kind == "show":
+        _show(settings, model, conversation, command.args[0])
+    elif kind == "message":
+        answer, final = asyncio.run(
+            stream_chat(
+                settings,
+                model,
+                conversation.chat_messages(command.text),
+                options=conversation.options,
+                format=conversation.format,
+                keep_alive=keep_alive,
+                write=stdout_write,
+            )
+        )
+        stdout_write("\n" if answer.endswith("\n") else "\n\n")
+        conversation.record(command.text, answer)
+        if conversation.verbose:
+            print_timings(final)
+
+
+def _show(settings: Settings, model: str, conversation: Conversation, what: str) -> None:
+    data = asyncio.run(show_model(settings, model))
+    if what == "info":
+        typer.echo(render_show(data))
+    elif what == "parameters":
+        text = parameters_text(data.get("parameters"))
+        session = parameters_text(conversation.options)
+        typer.echo("Model defined parameters:\n" + (text or "No parameters were specified."))
+        if session:
+            typer.echo("User defined parameters:\n" + session)
+    elif what == "system":
+        typer.echo(conversation.system or data.get("system") or "No system message was specified.")
+    elif what == "template":
+        typer.echo(data.get("template") or "No prompt template was specified.")
+    elif what == "modelfile":
+        typer.echo(render.modelfile_text(model, data))

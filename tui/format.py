@@ -1,7 +1,8 @@
-"""Text helpers for the TUI: sparklines, threshold-coloured gauges, rates and times.
+"""TUI-only text helpers: sparklines, threshold-coloured gauges and bars, rates and times.
 
-Sizes, the PROCESSOR and UNTIL columns and `show` come from `localserve.cli.render`, so
-the TUI and `localserve ps` / `list` / `show` say the same thing the same way.
+Sizes, the PROCESSOR and UNTIL columns and `show` come from `localserve.display`, which
+the CLI shares, so the TUI and `localserve ps` / `list` / `show` say the same thing the
+same way.
 """
 
 from __future__ import annotations
@@ -11,28 +12,7 @@ from datetime import UTC, datetime
 
 from rich.text import Text
 
-from localserve.cli.render import (
-    human_bytes,
-    human_time,
-    parse_time,
-    processor_column,
-    short_id,
-    until_column,
-)
-
-__all__ = [
-    "gauge",
-    "human_bytes",
-    "level_style",
-    "modified_column",
-    "ms_text",
-    "processor_column",
-    "rate_text",
-    "short_id",
-    "sparkline",
-    "text_bar",
-    "until_text",
-]
+from localserve.display import human_bytes, human_time, parse_time, until_column
 
 BLOCKS = " ▁▂▃▄▅▆▇█"
 WARN = 0.75  # gauges turn yellow at 75 % ...

@@ -3,11 +3,14 @@ and a handle on a running `localserve serve` for CliRunner invocations."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,3 +71,39 @@ class CliDaemon:
 
         runner = CliRunner()
         return runner.invoke(app, list(args), input=input, env={**self.env, **extra_env})
+
+
+@contextlib.contextmanager
+def serving(
+    base: Path,
+    command: list[str] | None = None,
+    daemon_env: dict[str, str] | None = None,
+    **extra: str,
+) -> Iterator[CliDaemon]:
+    """A daemon (`localserve serve`, or `command`) on a free port with its store under
+    `base`; `extra` goes to the daemon and the CLI, `daemon_env` to the daemon only.
+    Raises RuntimeError, with the log, when it does not come up."""
+    port = free_port()
+    env = cli_env(base, port, **extra)
+    log = base / "serve.log"
+    with log.open("wb") as handle:
+        process = subprocess.Popen(
+            command or [sys.executable, "-m", "localserve.cli.app", "serve"],
+            stdin=subprocess.DEVNULL,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            env={**child_env(env), **(daemon_env or {})},
+        )
+    try:
+        try:
+            wait_until_answering(f"http://127.0.0.1:{port}", process, timeout=60)
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}; log:\n{log.read_text()}") from exc
+        yield CliDaemon(env=env, base_url=f"http://127.0.0.1:{port}", log=log)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

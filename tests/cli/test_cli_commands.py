@@ -17,7 +17,7 @@ from localserve.config import load_settings
 
 # isort: split
 from localserve.cli import app as cli
-from localserve.cli import repl
+from localserve.cli import repl, store_cmds
 from localserve.cli.app import app, run_repl
 
 TinyModelFactory = Callable[..., Path]
@@ -317,8 +317,8 @@ def test_ctrl_c_exits_130(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
     async def interrupted(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "need_daemon", lambda settings: None)
-    monkeypatch.setattr(cli, "pull_with_progress", interrupted)
+    monkeypatch.setattr(store_cmds, "need_daemon", lambda settings: None)
+    monkeypatch.setattr(store_cmds, "pull_with_progress", interrupted)
     result = CliRunner().invoke(app, ["pull", "some-model"], env=cli_env(tmp_path, free_port()))
     assert result.exit_code == 130
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from cli_harness import serving
 
 from localserve import daemon
 from localserve.client import (
@@ -71,3 +73,43 @@ def test_unauthorized_points_at_the_api_key() -> None:
 
 def test_exit_codes_are_ints_for_shells() -> None:
     assert int(ExitCode.INTERRUPTED) == 130 and int(ExitCode.BUSY) == 5
+
+
+def test_a_model_too_large_for_the_memory_budget_says_what_to_try() -> None:
+    exc = APIError(
+        507,
+        "model x:latest needs about 900 MiB of RAM but the memory budget is 500 MiB",
+        code="model_too_large",
+    )
+    message = error_message(exc, "x")
+    assert message.startswith("model x:latest needs about 900 MiB")
+    assert "memory budget" in message.splitlines()[1]
+    assert "smaller quantization" in message and "LOCALSERVE_MAX_RAM" in message
+    assert exit_code_for(exc) == 1
+
+
+def test_a_full_disk_says_the_disk_of_the_model_store_is_full() -> None:
+    for exc in (
+        APIError(507, "disk full: not enough space in the model store", code="disk_full"),
+        StreamAPIError(500, "disk full: not enough space in the model store", code="disk_full"),
+    ):
+        message = error_message(exc)
+        assert "disk holding the daemon's model store" in message
+        assert "memory budget" not in message
+        assert exit_code_for(exc) == 1
+
+
+def test_a_507_without_a_code_is_the_daemons_message() -> None:
+    assert error_message(APIError(507, "insufficient storage")) == "insufficient storage"
+
+
+def test_the_daemons_model_too_large_reaches_the_user(
+    tmp_path: Path, tiny_model: Callable[..., Path]
+) -> None:
+    pytest.importorskip("localserve.server")
+    with serving(tmp_path, LOCALSERVE_MAX_RAM="1M") as daemon:
+        assert daemon.invoke("create", "big", "-f", str(tiny_model("b"))).exit_code == 0
+        result = daemon.invoke("run", "big", "hi")
+    assert result.exit_code == 1, result.output
+    assert "does not fit in the daemon's memory budget" in result.stderr
+    assert "LOCALSERVE_MAX_RAM" in result.stderr

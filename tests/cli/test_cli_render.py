@@ -1,8 +1,10 @@
-"""The CLI's formatting matches Ollama's: sizes, relative times, ps columns, timings."""
+"""The CLI's tables and texts match Ollama's: list and ps tables, timings, the Modelfile.
+
+Sizes, times and the PROCESSOR/UNTIL cells are tested in tests/test_display.py."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import pytest
 
@@ -10,84 +12,6 @@ import pytest
 from localserve.cli import render
 
 NOW = datetime(2026, 1, 15, 12, 0, 0, tzinfo=UTC)
-
-
-@pytest.mark.parametrize(
-    ("size", "text"),
-    [
-        (0, "0 B"),
-        (999, "999 B"),
-        (1000, "1 KB"),
-        (469_312, "469 KB"),
-        (98_362_432, "98 MB"),
-        (1_000_000_000, "1 GB"),
-        (4_661_224_676, "4.7 GB"),
-        (12_500_000_000, "12 GB"),
-        (2_000_000_000_000, "2 TB"),
-    ],
-)
-def test_sizes_use_decimal_units_like_ollama(size: int, text: str) -> None:
-    assert render.human_bytes(size) == text
-
-
-@pytest.mark.parametrize(
-    ("seconds", "text"),
-    [
-        (0.5, "Less than a second"),
-        (1, "1 second"),
-        (42, "42 seconds"),
-        (90, "About a minute"),
-        (150, "2 minutes"),
-        (3600, "About an hour"),
-        (5 * 3600, "5 hours"),
-        (3 * 86400, "3 days"),
-        (20 * 86400, "2 weeks"),
-        (90 * 86400, "3 months"),
-        (800 * 86400, "2 years"),
-    ],
-)
-def test_durations_read_like_ollama(seconds: float, text: str) -> None:
-    assert render.human_duration(seconds) == text
-
-
-def test_modified_is_relative_to_now() -> None:
-    assert render.human_time(NOW - timedelta(minutes=2, seconds=5), NOW) == "2 minutes ago"
-    assert render.human_time(NOW + timedelta(minutes=4, seconds=30), NOW) == "4 minutes from now"
-    assert render.human_time(None, NOW) == "Never"
-
-
-def test_timestamps_with_nanoseconds_and_z_parse() -> None:
-    parsed = render.parse_time("2026-01-15T11:58:00.123456789Z")
-    assert parsed == datetime(2026, 1, 15, 11, 58, 0, 123456, tzinfo=UTC)
-    assert render.parse_time("0001-01-01T00:00:00Z") is None
-    assert render.parse_time("garbage") is None
-
-
-def test_until_column_shows_future_forever_and_stopping() -> None:
-    assert render.until_column("2026-01-15T12:04:30Z", NOW) == "4 minutes from now"
-    assert render.until_column("2318-01-01T00:00:00Z", NOW) == "Forever"
-    assert render.until_column("2200-01-01T00:00:00Z", NOW) == "Forever"
-    assert render.until_column("2026-01-15T11:59:59Z", NOW) == "Stopping..."
-
-
-@pytest.mark.parametrize(
-    ("size", "vram", "text"),
-    [
-        (100, 0, "100% CPU"),
-        (100, 100, "100% GPU"),
-        (100, 52, "48%/52% CPU/GPU"),
-        (3, 1, "67%/33% CPU/GPU"),
-        (100, 200, "Unknown"),
-    ],
-)
-def test_processor_column_splits_cpu_and_gpu(size: int, vram: int, text: str) -> None:
-    assert render.processor_column(size, vram) == text
-
-
-def test_id_is_the_first_twelve_hex_digits() -> None:
-    assert render.short_id("sha256:" + "ab" * 32) == "abababababab"
-    assert render.short_id("0123456789abcdef") == "0123456789ab"
-    assert render.short_id(None) == ""
 
 
 def test_list_table_has_ollama_columns() -> None:
@@ -203,21 +127,6 @@ SHOW = {
     "capabilities": ["completion"],
     "source": {"type": "upload", "file": "tiny.gguf", "revision": None},
 }
-
-
-def test_show_lists_model_facts_and_text_sections() -> None:
-    text = render.render_show(SHOW)
-    assert "  Model\n    architecture        llama\n    parameters          134.5M" in text
-    assert "    context length      8192" in text
-    assert "    quantization        Q4_1" in text
-    for title in ("Parameters", "System", "Template", "License", "Source"):
-        assert f"  {title}\n" in text
-    assert "revision" not in text  # empty source fields are left out
-
-
-def test_long_templates_are_cut_in_show() -> None:
-    text = render.render_show({**SHOW, "template": "\n".join(f"line {i}" for i in range(30))})
-    assert "line 9" in text and "line 10" not in text and "    ..." in text
 
 
 def test_modelfile_is_built_when_the_server_sends_none() -> None:
