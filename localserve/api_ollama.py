@@ -33,7 +33,7 @@ from localserve.options import (
 from localserve.protocol import Frame
 from localserve.service import ResolvedModel, closing
 from localserve.store import StoredModel
-from localserve.templates import validate_messages
+from localserve.templates import check_template, validate_messages
 
 if TYPE_CHECKING:
     from localserve.server import Daemon
@@ -114,10 +114,9 @@ async def ndjson_response(
     error before them gets its real HTTP status; a later error becomes an {"error"} line.
     """
     async with closing(items):
-        held = [await items.__anext__()]
-        with contextlib.suppress(StopAsyncIteration):
-            while len(held) < hold:
-                held.append(await items.__anext__())
+        held: list[dict[str, Any]] = []
+        while len(held) < hold and (item := await anext(items, None)) is not None:
+            held.append(item)
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await response.prepare(request)
         for item in held:
@@ -129,7 +128,8 @@ async def ndjson_response(
             raise
         except Exception as exc:
             message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-            await response.write(json.dumps({"error": message}).encode() + b"\n")
+            code = getattr(exc, "code", "internal_error")
+            await response.write(json.dumps({"error": message, "code": code}).encode() + b"\n")
         await response.write_eof()
         return response
 
@@ -469,6 +469,8 @@ async def create(request: web.Request) -> web.StreamResponse:
             "modelfile is not supported; send 'files' (uploaded blobs) or 'from' instead"
         )
     template = get_str(body, "template")
+    if template is not None:
+        check_template(template)
     system = get_str(body, "system")
     raw_parameters = body.get("parameters")
     if raw_parameters is not None and not isinstance(raw_parameters, dict):

@@ -24,20 +24,23 @@ from localserve.templates import validate_messages
 FINISH_REASONS = {"stop": "stop", "length": "length", "cancel": "stop"}
 
 
-def openai_error(status: int, message: str) -> dict[str, Any]:
+def openai_error(status: int, message: str, code: str | None = None) -> dict[str, Any]:
     kinds = {
         400: "invalid_request_error",
         401: "authentication_error",
+        403: "permission_error",
         404: "not_found_error",
         413: "invalid_request_error",
+        422: "invalid_request_error",
         503: "server_busy",
+        507: "insufficient_storage",
     }
     return {
         "error": {
             "message": message,
             "type": kinds.get(status, "api_error"),
             "param": None,
-            "code": None,
+            "code": code,
         }
     }
 
@@ -74,7 +77,8 @@ def _response_format(body: dict[str, Any]) -> str | dict[str, Any] | None:
     if kind == "json_object":
         return "json"
     if kind == "json_schema":
-        schema = (fmt.get("json_schema") or {}).get("schema")
+        json_schema = fmt.get("json_schema")
+        schema = json_schema.get("schema") if isinstance(json_schema, dict) else None
         if not isinstance(schema, dict):
             raise BadRequestError("response_format.json_schema.schema must be an object")
         return schema
@@ -93,12 +97,13 @@ def _usage(frame: Frame) -> dict[str, int]:
 
 async def _sse(request: web.Request, events: AsyncIterator[dict[str, Any]]) -> web.StreamResponse:
     async with closing(events):
-        first = await events.__anext__()
+        first = await anext(events, None)  # an error before it gets its real status
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )
         await response.prepare(request)
-        await response.write(b"data: " + json.dumps(first).encode() + b"\n\n")
+        if first is not None:
+            await response.write(b"data: " + json.dumps(first).encode() + b"\n\n")
         try:
             async for event in events:
                 await response.write(b"data: " + json.dumps(event).encode() + b"\n\n")
@@ -106,7 +111,9 @@ async def _sse(request: web.Request, events: AsyncIterator[dict[str, Any]]) -> w
             raise
         except Exception as exc:
             message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-            error = openai_error(getattr(exc, "status", 500), message)
+            error = openai_error(
+                getattr(exc, "status", 500), message, getattr(exc, "code", "internal_error")
+            )
             await response.write(b"data: " + json.dumps(error).encode() + b"\n\n")
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
@@ -123,7 +130,10 @@ async def _run(
 ) -> web.StreamResponse:
     daemon = daemon_of(request)
     stream = get_bool(body, "stream", False)
-    include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+    stream_options = body.get("stream_options")
+    if stream_options is not None and not isinstance(stream_options, dict):
+        raise BadRequestError("stream_options must be an object")
+    include_usage = bool((stream_options or {}).get("include_usage"))
     frames = daemon.service.generate(
         model,
         prompt,

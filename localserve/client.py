@@ -41,10 +41,14 @@ class DaemonUnreachableError(ClientError):
 
 
 class APIError(ClientError):
-    def __init__(self, status: int, message: str) -> None:
+    """`code` is the daemon's machine-readable error type (e.g. "model_too_large" or
+    "disk_full" for a 507), None when the answer carried none."""
+
+    def __init__(self, status: int, message: str, code: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.code = code
 
 
 class BadRequestAPIError(APIError):
@@ -56,8 +60,14 @@ class ModelNotFoundAPIError(APIError):
 
 
 class BusyAPIError(APIError):
-    def __init__(self, status: int, message: str, retry_after: float | None = None) -> None:
-        super().__init__(status, message)
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        retry_after: float | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(status, message, code)
         self.retry_after = retry_after
 
 
@@ -65,15 +75,15 @@ class StreamAPIError(APIError):
     pass
 
 
-def _error_for(status: int, message: str, headers: Any = None) -> APIError:
+def _error_for(status: int, message: str, headers: Any = None, code: str | None = None) -> APIError:
     if status == 400:
-        return BadRequestAPIError(status, message)
+        return BadRequestAPIError(status, message, code)
     if status == 404:
-        return ModelNotFoundAPIError(status, message)
+        return ModelNotFoundAPIError(status, message, code)
     if status == 503:
         retry = headers.get("Retry-After") if headers is not None else None
-        return BusyAPIError(status, message, float(retry) if retry else None)
-    return APIError(status, message)
+        return BusyAPIError(status, message, float(retry) if retry else None, code)
+    return APIError(status, message, code)
 
 
 def default_base_url() -> str:
@@ -131,13 +141,21 @@ class LocalserveClient:
         if response.status < 400:
             return
         text = await response.text()
+        code: str | None = None
         try:
             body = json.loads(text)
             error = body.get("error", text)
-            message = error.get("message", str(error)) if isinstance(error, dict) else str(error)
+            if isinstance(error, dict):  # OpenAI's shape
+                message = str(error.get("message", error))
+                code = error.get("code")
+            else:
+                message = str(error)
+                code = body.get("code")
         except (ValueError, AttributeError):
             message = text or response.reason or "error"
-        raise _error_for(response.status, message, response.headers)
+        raise _error_for(
+            response.status, message, response.headers, code if isinstance(code, str) else None
+        )
 
     async def _request(self, method: str, path: str, body: Any = None, **kwargs: Any) -> Any:
         try:
@@ -149,7 +167,7 @@ class LocalserveClient:
                     return None
                 text = await response.text()
                 return json.loads(text) if text.strip().startswith(("{", "[")) else text
-        except aiohttp.ClientConnectionError as exc:
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
             raise DaemonUnreachableError(self.base_url, str(exc) or type(exc).__name__) from exc
 
     async def _stream(self, path: str, body: JSON) -> AsyncIterator[JSON]:
@@ -163,9 +181,12 @@ class LocalserveClient:
                         continue
                     item = json.loads(line)
                     if isinstance(item, dict) and "error" in item:
-                        raise StreamAPIError(500, str(item["error"]))
+                        code = item.get("code")
+                        raise StreamAPIError(
+                            500, str(item["error"]), code if isinstance(code, str) else None
+                        )
                     yield item
-        except aiohttp.ClientConnectionError as exc:
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
             raise DaemonUnreachableError(self.base_url, str(exc) or type(exc).__name__) from exc
 
     # ---- API ---------------------------------------------------------------------------
@@ -295,7 +316,7 @@ class LocalserveClient:
                     line = raw.decode().strip()
                     if line.startswith("data:"):
                         yield json.loads(line[5:].strip())
-        except aiohttp.ClientConnectionError as exc:
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
             raise DaemonUnreachableError(self.base_url, str(exc) or type(exc).__name__) from exc
 
 

@@ -70,14 +70,19 @@ class UpstreamError(LocalserveError):
     """The hub answered something unusable (502 Bad Gateway)."""
 
     status = 502
+    code = "upstream_error"
 
 
 class NetworkError(UpstreamError):
     """The hub could not be reached or the connection was lost; a rerun resumes."""
 
+    code = "network_error"
+
 
 class DigestMismatchError(UpstreamError):
     """The downloaded bytes do not match the sha256 the hub published."""
+
+    code = "digest_mismatch"
 
 
 @dataclass(frozen=True)

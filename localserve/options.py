@@ -109,6 +109,9 @@ def parse_format(raw: Any) -> str | dict[str, Any] | None:
     raise BadRequestError('format must be "json" or a JSON schema object')
 
 
+MAX_KEEP_ALIVE_S = 100 * 365 * 24 * 3600.0
+
+
 def parse_keep_alive(raw: Any) -> float | None:
     """keep_alive in seconds (negative = forever), or None for the model's default."""
     if raw is None:
@@ -116,6 +119,8 @@ def parse_keep_alive(raw: Any) -> float | None:
     if isinstance(raw, bool) or not isinstance(raw, int | float | str):
         raise BadRequestError("keep_alive must be a number of seconds or a duration string")
     try:
-        return parse_duration(raw, 0.0)
-    except ConfigError as exc:
-        raise BadRequestError(f"invalid keep_alive: {exc.message}") from exc
+        seconds = parse_duration(raw, 0.0)
+    except (ConfigError, OverflowError, ValueError) as exc:
+        message = exc.message if isinstance(exc, ConfigError) else str(exc)
+        raise BadRequestError(f"invalid keep_alive: {message}") from exc
+    return -1.0 if seconds > MAX_KEEP_ALIVE_S else seconds  # past a century: forever

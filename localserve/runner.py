@@ -18,13 +18,16 @@ go out under one send lock; the main thread's frames are sent together after eac
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import os
 import queue
+import re
 import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psutil
@@ -57,6 +60,54 @@ class LoadProgress:
             return
         self.sent, self.sent_at = progress, now
         self.send({"event": "load_progress", "progress": round(progress, 4)})
+
+
+_FUNCTION_PREFIX = re.compile(r"^(?:[A-Za-z_][A-Za-z0-9_:]*: |error loading model: )+")
+# ggml.h's ggml_log_level (llama_cpp._logger's table predates DEBUG = 1).
+LLAMA_LOG_ERROR = 4
+LLAMA_LOG_CONT = 5
+
+
+def _without_path(text: str, path: str) -> str:
+    """`text` with the model's file path (which names the store) replaced."""
+    return text.replace(path, "<model file>") if path else text
+
+
+@contextlib.contextmanager
+def _llama_errors() -> Iterator[list[str]]:
+    """Collect llama.cpp's error log lines while a model loads (its reason for a refusal),
+    still passing every line on to llama_cpp's own logger."""
+    import llama_cpp
+    from llama_cpp import _logger
+
+    lines: list[str] = []
+    last = [0]
+
+    @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
+    def collect(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+        if level == LLAMA_LOG_ERROR or (level == LLAMA_LOG_CONT and last[0] == LLAMA_LOG_ERROR):
+            lines.append(text.decode("utf-8", errors="replace"))
+        if level != LLAMA_LOG_CONT:
+            last[0] = level
+        try:
+            _logger.llama_log_callback(level, text, user_data)
+        except UnicodeDecodeError:  # its logger decodes strictly; names may not be UTF-8
+            print(text.decode("utf-8", errors="replace"), end="", file=sys.stderr, flush=True)
+
+    llama_cpp.llama_log_set(collect, ctypes.c_void_p(0))
+    try:
+        yield lines
+    finally:
+        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
+
+
+def _load_reason(lines: list[str], path: str) -> str:
+    """llama.cpp's first error line, without function names or the file path."""
+    for line in lines:
+        reason = _FUNCTION_PREFIX.sub("", _without_path(line.strip(), path))
+        if reason:
+            return reason[:500]
+    return ""
 
 
 def _rss() -> int:
@@ -222,12 +273,12 @@ class Runner:
             else:
                 raise RequestError("bad_request", f"unknown op {op!r}")
         except RequestError as exc:
-            self.post({"event": "error", "id": request_id, "kind": exc.kind, "message": str(exc)})
+            text = _without_path(str(exc), str(self.load_params.get("path") or ""))
+            self.post({"event": "error", "id": request_id, "kind": exc.kind, "message": text})
             return op != "load"
         except Exception as exc:
-            self.post(
-                {"event": "error", "id": request_id, "kind": "internal", "message": repr(exc)}
-            )
+            text = _without_path(repr(exc), str(self.load_params.get("path") or ""))
+            self.post({"event": "error", "id": request_id, "kind": "internal", "message": text})
             return op != "load"
         return True
 
@@ -236,7 +287,8 @@ class Runner:
         self.load_params = message
         path = str(message["path"])
         if not os.path.isfile(path):
-            raise RequestError("load_failed", f"model file not found: {path}")
+            print(f"runner {os.getpid()}: no model file at {path}", file=sys.stderr, flush=True)
+            raise RequestError("load_failed", "the model file is missing")
         threads = int(message.get("num_threads") or os.cpu_count() or 1)
         self.governor = None
         if message.get("adapt_threads") and threads > 1:
@@ -246,19 +298,20 @@ class Runner:
                     target=self._sample_cpu, name="runner-cpu-sampler", daemon=True
                 )
                 self._sampler.start()
-        try:
-            info = self.engine.load(
-                path,
-                num_ctx=int(message.get("num_ctx", 2048)),
-                num_parallel=int(message.get("num_parallel") or 1),
-                num_gpu=int(message.get("num_gpu", 0)),
-                num_threads=threads,
-                num_batch=int(message.get("num_batch", 512)),
-                tensor_split=message.get("tensor_split") or None,
-                on_progress=LoadProgress(self.send),
-            )
-        except (ValueError, RuntimeError, OSError) as exc:
-            raise RequestError("load_failed", f"llama.cpp could not load the model: {exc}") from exc
+        with _llama_errors() as llama_errors:
+            try:
+                info = self.engine.load(
+                    path,
+                    num_ctx=int(message.get("num_ctx", 2048)),
+                    num_parallel=int(message.get("num_parallel") or 1),
+                    num_gpu=int(message.get("num_gpu", 0)),
+                    num_threads=threads,
+                    num_batch=int(message.get("num_batch", 512)),
+                    tensor_split=message.get("tensor_split") or None,
+                    on_progress=LoadProgress(self.send),
+                )
+            except (RequestError, ValueError, RuntimeError, OSError) as exc:
+                raise self._load_error(exc, path, llama_errors) from exc
         self.post(
             {
                 "event": "loaded",
@@ -270,6 +323,18 @@ class Runner:
                 "threads": self.threads,
             }
         )
+
+    @staticmethod
+    def _load_error(exc: Exception, path: str, llama_errors: list[str]) -> RequestError:
+        """A load failure for the daemon: `load_failed` when llama.cpp refused the file (with
+        its reason), `internal` when the model loaded but no context could be made."""
+        print(f"runner {os.getpid()}: loading {path} failed: {exc}", file=sys.stderr, flush=True)
+        reason = _load_reason(llama_errors, path)
+        detail = _without_path(str(exc), path)
+        if isinstance(exc, RequestError) and "create a context" in detail:
+            return RequestError("internal", f"{detail}: {reason}" if reason else detail)
+        message = "llama.cpp refused the model file"
+        return RequestError("load_failed", f"{message}: {reason or detail}")
 
     def embed(self, request_id: str, message: Frame) -> None:
         import llama_cpp

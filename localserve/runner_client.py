@@ -18,7 +18,7 @@ import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from localserve.errors import BadRequestError, RunnerError
+from localserve.errors import BadRequestError, LocalserveError, ModelLoadError, RunnerError
 from localserve.protocol import Frame, ProtocolError, encode_frame, read_frame
 
 log = logging.getLogger("localserve.runner")
@@ -53,6 +53,7 @@ class RunnerProcess:
         self.exited = asyncio.Event()
         self.rss = 0
         self.threads = 0  # llama.cpp threads the runner decodes with (its last report)
+        self._model_path = ""  # kept out of every error message (it names the store)
         self._read_task = asyncio.create_task(self._read_loop(), name=f"runner-{self.pid}")
 
     @classmethod
@@ -90,6 +91,23 @@ class RunnerProcess:
 
     def on_exit(self, callback: Callable[[RunnerProcess], None]) -> None:
         self._exit_callbacks.append(callback)
+
+    def _scrub(self, text: str) -> str:
+        """An error text from the runner without the model's file path."""
+        return text.replace(self._model_path, "<model file>") if self._model_path else text
+
+    def _load_failure(self, frame: Frame) -> LocalserveError:
+        """The error for a load the runner did not finish: ModelLoadError when llama.cpp
+        refused the file, RunnerError when the runner died or failed otherwise."""
+        raw = str(frame.get("message") or "unknown error")
+        log.warning("runner %s could not load %s: %s", self.pid, self._model_path, raw)
+        detail = self._scrub(raw)
+        kind = frame.get("kind")
+        if kind == "load_failed":
+            return ModelLoadError(detail)
+        if kind == "crashed":
+            return RunnerError(f"the runner crashed while loading the model ({detail})")
+        return RunnerError(f"the runner failed while loading the model: {detail}")
 
     def _describe_exit(self) -> str:
         code = self.process.returncode
@@ -156,6 +174,8 @@ class RunnerProcess:
         on_progress: Callable[[float], None] | None = None,
         adapt_threads: bool = False,
     ) -> LoadResult:
+        """Load the model at `path`; ModelLoadError when llama.cpp refuses the file."""
+        self._model_path = path
         await self._send(
             {
                 "op": "load",
@@ -180,7 +200,7 @@ class RunnerProcess:
             if on_progress is not None:
                 on_progress(float(frame.get("progress", 0.0)))
         if frame.get("event") != "loaded":
-            raise RunnerError(f"failed to load model: {frame.get('message', 'unknown error')}")
+            raise self._load_failure(frame)
         self.rss = int(frame.get("rss", 0))
         self.threads = int(frame.get("threads", 0))
         return LoadResult(
@@ -208,7 +228,7 @@ class RunnerProcess:
                 if event == "error":
                     finished = True
                     kind = frame.get("kind")
-                    message_text = str(frame.get("message", "runner error"))
+                    message_text = self._scrub(str(frame.get("message", "runner error")))
                     if kind == "bad_request":
                         raise BadRequestError(message_text)
                     raise RunnerError(message_text)

@@ -19,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,7 +28,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from localserve.config import Settings
-from localserve.errors import BusyError, LocalserveError, ModelTooLargeError, RunnerError
+from localserve.errors import (
+    BusyError,
+    LocalserveError,
+    ModelLoadError,
+    ModelTooLargeError,
+    RunnerError,
+)
 from localserve.events import EventBus
 from localserve.gguf_info import ModelFacts
 from localserve.gpu import GpuInfo, GpuProbe, NvmlGpuProbe, OffloadPlan, plan_offload
@@ -220,6 +228,14 @@ class Scheduler:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
+    def kill_runners(self) -> None:
+        """SIGKILL every runner process at once (a forced exit, no graceful stop)."""
+        pids = {m.runner.pid for m in self.models.values() if m.runner is not None}
+        pids |= set(self.stopping) | self.runner_pool.pids()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
     def _post(self, message: Callable[[], None]) -> None:
         self._inbox.put_nowait(message)
 
@@ -347,6 +363,10 @@ class Scheduler:
         self._schedule()
 
     def _on_abandon(self, future: asyncio.Future[Lease]) -> None:
+        if future.done() and not future.cancelled() and future.exception() is None:
+            # Granted, but the request was cancelled before it saw the lease.
+            future.result().release()
+            return
         self.pending = [p for p in self.pending if p.future is not future]
         for model in self.models.values():
             model.waiters = [w for w in model.waiters if w[0] is not future]
@@ -613,7 +633,7 @@ class Scheduler:
         except BaseException as exc:
             if runner is not None:
                 await runner.kill()
-            error = exc if isinstance(exc, LocalserveError) else RunnerError(repr(exc))
+            error = _load_error(model.spec, exc)
             self._post(lambda: self._on_load_failed(model, error))
             if isinstance(exc, asyncio.CancelledError):
                 raise
@@ -742,6 +762,22 @@ class Scheduler:
             self._spawn(runner.stop(), f"stop-{model.spec.key}")
 
 
+def _load_error(spec: ModelSpec, exc: BaseException) -> LocalserveError:
+    """What a failed load tells its requests: it names the model, never the model's file."""
+    name = spec.key
+    if isinstance(exc, ModelLoadError):
+        return ModelLoadError(
+            f"model '{name}' cannot be loaded (invalid model file): {exc.message}"
+        )
+    if isinstance(exc, RunnerError):
+        return RunnerError(f"model '{name}' failed to load: {exc.message}")
+    if isinstance(exc, LocalserveError):
+        return exc
+    if isinstance(exc, asyncio.CancelledError):
+        return RunnerError(f"loading model '{name}' was cancelled")
+    return RunnerError(f"model '{name}' failed to load: {type(exc).__name__}")
+
+
 def _tensor_split(plan: OffloadPlan | None) -> list[float] | None:
     """llama.cpp's tensor_split for a multi-GPU plan (proportions per GPU)."""
     if plan is None or len(plan.per_gpu) < 2 or not sum(plan.per_gpu):
@@ -776,6 +812,13 @@ class SpareRunnerPool:
         """Start the next spare (called once a load is done, not to compete with it)."""
         if self._enabled and self._spare is None:
             self._spare = asyncio.create_task(self._factory(), name="spare-runner")
+
+    def pids(self) -> set[int]:
+        """The spare runner's pid, once it has started."""
+        spare = self._spare
+        if spare is None or not spare.done() or spare.cancelled() or spare.exception():
+            return set()
+        return {spare.result().pid}
 
     async def close(self) -> None:
         spare, self._spare = self._spare, None

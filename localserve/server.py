@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -24,11 +25,13 @@ from typing import Any
 from aiohttp import web
 
 from localserve import __version__, api_ollama, api_openai
+from localserve import openapi as openapi_spec
 from localserve.api_ollama import DAEMON_KEY
-from localserve.config import LOOPBACK_NAMES, Settings
+from localserve.config import Settings
 from localserve.errors import BusyError, LocalserveError
 from localserve.events import EventBus
 from localserve.gpu import GpuProbe
+from localserve.hosts import host_allowed
 from localserve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from localserve.metrics import Metrics
 from localserve.monitor import EventCoalescer, SystemMonitor
@@ -47,137 +50,129 @@ class Route:
     path: str
     handler: Handler
     summary: str
-    body: str | None = None  # a short description of the JSON body, for /openapi.json
+    spec: openapi_spec.Spec = openapi_spec.INFO  # body schema and statuses, for /openapi.json
 
 
 ROUTES: list[Route] = [
-    Route("GET", "/", api_ollama.root, "Health check: 'localserve is running'"),
-    Route("HEAD", "/", api_ollama.root, "Health check"),
+    Route(
+        "GET", "/", api_ollama.root, "Health check: 'localserve is running'", openapi_spec.HEALTH
+    ),
+    Route("HEAD", "/", api_ollama.root, "Health check", openapi_spec.HEALTH_HEAD),
     Route("GET", "/api/version", api_ollama.version, "Daemon version"),
     Route(
         "POST",
         "/api/generate",
         api_ollama.generate,
         "Generate a completion (NDJSON)",
-        "model, prompt, system, raw, format, options, stream, keep_alive",
+        openapi_spec.GENERATE,
     ),
-    Route(
-        "POST",
-        "/api/chat",
-        api_ollama.chat,
-        "Chat completion (NDJSON)",
-        "model, messages, format, options, stream, keep_alive",
-    ),
+    Route("POST", "/api/chat", api_ollama.chat, "Chat completion (NDJSON)", openapi_spec.CHAT),
     Route(
         "POST",
         "/api/embed",
         api_ollama.embed,
         "Embeddings for one or more inputs",
-        "model, input, truncate, options, keep_alive",
+        openapi_spec.EMBED,
     ),
     Route(
         "POST",
         "/api/embeddings",
         api_ollama.embeddings_legacy,
         "Legacy single embedding",
-        "model, prompt, options, keep_alive",
+        openapi_spec.EMBEDDINGS,
     ),
     Route("GET", "/api/tags", api_ollama.tags, "Installed models"),
     Route("GET", "/api/ps", api_ollama.ps, "Loaded models"),
-    Route("POST", "/api/show", api_ollama.show, "Model details", "model"),
+    Route("POST", "/api/show", api_ollama.show, "Model details", openapi_spec.SHOW),
     Route(
         "POST",
         "/api/create",
         api_ollama.create,
-        "Create a model from an uploaded blob",
-        "model, files | from, template, system, parameters, stream",
+        "Create a model from an uploaded blob or an installed model",
+        openapi_spec.CREATE,
     ),
-    Route("HEAD", "/api/blobs/{digest}", api_ollama.blob_head, "Does the blob exist?"),
+    Route(
+        "HEAD",
+        "/api/blobs/{digest}",
+        api_ollama.blob_head,
+        "Does the blob exist?",
+        openapi_spec.BLOB_HEAD,
+    ),
     Route(
         "POST",
         "/api/blobs/{digest}",
         api_ollama.blob_upload,
         "Upload a blob (raw bytes, verified against the digest)",
+        openapi_spec.BLOB_UPLOAD,
     ),
-    Route("POST", "/api/copy", api_ollama.copy, "Copy a model", "source, destination"),
-    Route("DELETE", "/api/delete", api_ollama.delete, "Delete a model", "model"),
-    Route("POST", "/api/pull", api_ollama.pull, "Pull a model (NDJSON progress)", "model, stream"),
+    Route("POST", "/api/copy", api_ollama.copy, "Copy a model", openapi_spec.COPY),
+    Route("DELETE", "/api/delete", api_ollama.delete, "Delete a model", openapi_spec.DELETE),
+    Route(
+        "POST", "/api/pull", api_ollama.pull, "Pull a model (NDJSON progress)", openapi_spec.PULL
+    ),
     Route(
         "POST",
         "/v1/chat/completions",
         api_openai.chat_completions,
         "OpenAI chat completions (SSE when stream)",
-        "model, messages, stream, max_tokens, temperature, top_p, stop, seed, response_format",
+        openapi_spec.CHAT_COMPLETIONS,
     ),
     Route(
         "POST",
         "/v1/completions",
         api_openai.completions,
-        "OpenAI completions (SSE)",
-        "model, prompt, stream, max_tokens, temperature, top_p, stop, seed",
+        "OpenAI completions (SSE when stream)",
+        openapi_spec.COMPLETIONS,
     ),
     Route("GET", "/v1/models", api_openai.models, "OpenAI model list"),
-    Route("GET", "/v1/models/{model}", api_openai.model, "One OpenAI model"),
-    Route("POST", "/v1/embeddings", api_openai.embeddings, "OpenAI embeddings", "model, input"),
+    Route("GET", "/v1/models/{model}", api_openai.model, "One OpenAI model", openapi_spec.MODEL),
+    Route(
+        "POST",
+        "/v1/embeddings",
+        api_openai.embeddings,
+        "OpenAI embeddings",
+        openapi_spec.EMBEDDINGS_V1,
+    ),
 ]
-
-
-def _openapi_path(path: str) -> str:
-    return path
-
-
-def openapi_document(routes: list[Route]) -> dict[str, Any]:
-    paths: dict[str, dict[str, Any]] = {}
-    for route in routes:
-        operation: dict[str, Any] = {
-            "summary": route.summary,
-            "responses": {
-                "200": {"description": "OK"},
-                "400": {"description": "Bad input"},
-                "404": {"description": "Unknown model or blob"},
-                "503": {"description": "Busy: retry after the Retry-After header"},
-            },
-        }
-        parameters = [
-            {"name": part[1:-1], "in": "path", "required": True, "schema": {"type": "string"}}
-            for part in route.path.split("/")
-            if part.startswith("{")
-        ]
-        if parameters:
-            operation["parameters"] = parameters
-        if route.body:
-            properties = {
-                field.strip(): {"description": field.strip()}
-                for field in route.body.replace("|", ",").split(",")
-            }
-            operation["requestBody"] = {
-                "content": {
-                    "application/json": {"schema": {"type": "object", "properties": properties}}
-                }
-            }
-        paths.setdefault(_openapi_path(route.path), {})[route.method.lower()] = operation
-    return {
-        "openapi": "3.1.0",
-        "info": {"title": "localserve", "version": __version__},
-        "paths": paths,
-    }
 
 
 # ---- middlewares ---------------------------------------------------------------------------
 
 
-def _error_response(request: web.Request, status: int, message: str) -> web.Response:
+def _error_response(
+    request: web.Request, status: int, message: str, code: str | None = None
+) -> web.Response:
+    """The error in the dialect's shape: OpenAI's under /v1/, Ollama's elsewhere."""
+    code = code or _STATUS_CODES.get(status, "error")
     if request.path.startswith("/v1/"):
-        return web.json_response(api_openai.openai_error(status, message), status=status)
-    return web.json_response({"error": message}, status=status)
+        return web.json_response(api_openai.openai_error(status, message, code), status=status)
+    return web.json_response({"error": message, "code": code}, status=status)
+
+
+_STATUS_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "body_too_large",
+    500: "internal_error",
+}
 
 
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error becomes JSON in the dialect's shape; an unexpected exception is logged
+    and answered with a JSON 500 (never aiohttp's text/plain page)."""
     try:
+        limit = request.app[SETTINGS_KEY].max_body_bytes
+        declared = request.content_length
+        if declared is not None and declared > limit and not request.path.startswith("/api/blobs/"):
+            # Refused from the header alone: a huge declared body is never waited for.
+            raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=declared)
         return await handler(request)
     except LocalserveError as exc:
-        response = _error_response(request, exc.status, exc.message)
+        response = _error_response(request, exc.status, exc.message, exc.code)
         if isinstance(exc, BusyError):
             response.headers["Retry-After"] = str(exc.retry_after)
         return response
@@ -190,27 +185,34 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         response = _error_response(request, exc.status, str(message))
         if exc.status == 405:
             response.headers["Allow"] = exc.headers.get("Allow", "")
+        if exc.status == 413:
+            response.force_close()  # the unread body is not drained
         return response
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return _error_response(
+            request, 500, "internal error (logged by the daemon)", "internal_error"
+        )
 
 
 SETTINGS_KEY: web.AppKey[Settings] = web.AppKey("settings")
 
 
-def _host_name(header: str) -> str:
-    if header.startswith("["):
-        return header[: header.find("]") + 1] if "]" in header else header
-    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+def _host_header(request: web.Request) -> str | None:
+    """The request's one Host header; None when it is missing or repeated."""
+    values = request.headers.getall("Host", [])
+    return values[0] if len(values) == 1 else None
 
 
 @web.middleware
 async def security_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """DNS-rebinding guard (Host), API key, and CORS (closed unless configured)."""
     settings = request.app[SETTINGS_KEY]
-    host = _host_name(request.headers.get("Host", "")).lower()
-    allowed_hosts = LOOPBACK_NAMES | {h.lower() for h in settings.allowed_hosts}
-    if not settings.is_loopback:
-        allowed_hosts |= {settings.host.lower()}
-    if host not in allowed_hosts and not host.startswith("127.") and "*" not in allowed_hosts:
+    host = _host_header(request)
+    bind_host = None if settings.is_loopback else settings.host
+    if not host_allowed(host, allowed_hosts=settings.allowed_hosts, bind_host=bind_host):
         return _error_response(request, 403, f"host {host!r} is not allowed")
     origin = request.headers.get("Origin")
     origin_allowed = origin is not None and ("*" in settings.origins or origin in settings.origins)
@@ -236,7 +238,8 @@ async def security_middleware(request: web.Request, handler: Handler) -> web.Str
 
 
 async def openapi(request: web.Request) -> web.Response:
-    return web.json_response(openapi_document(ROUTES + EXTRA_ROUTES))
+    """The OpenAPI document of every route (localserve.openapi)."""
+    return web.json_response(openapi_spec.openapi_document(ROUTES + EXTRA_ROUTES, __version__))
 
 
 # -- monitoring (issue 6): /api/events coalesces for slow clients; /metrics ------------
@@ -298,8 +301,9 @@ EXTRA_ROUTES: list[Route] = [
         events,
         "Server-sent events: loads, unloads, requests, token rates, pulls, system samples"
         " (?types=a,b filters)",
+        openapi_spec.EVENTS,
     ),
-    Route("GET", "/metrics", metrics, "Prometheus metrics (text format)"),
+    Route("GET", "/metrics", metrics, "Prometheus metrics (text format)", openapi_spec.METRICS),
 ]
 
 
@@ -343,26 +347,34 @@ class Daemon:
         return items
 
     async def start(self) -> None:
+        """Bind the port, then start the scheduler and monitor; a failure undoes it all."""
         await asyncio.to_thread(self.store.collect_garbage)
-        self.scheduler.start()
-        self.monitor.start()  # monitoring (issue 6)
         self._runner = web.AppRunner(
             self.build_app(), handler_cancellation=True, access_log=None, shutdown_timeout=5
         )
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.settings.host, self.settings.port)
-        await site.start()
-        addresses = self._runner.addresses
-        if addresses:
-            self.port = int(addresses[0][1])
+        try:
+            await self._runner.setup()
+            site = web.TCPSite(self._runner, self.settings.host, self.settings.port)
+            await site.start()
+            addresses = self._runner.addresses
+            if addresses:
+                self.port = int(addresses[0][1])
+            self.scheduler.start()
+            self.monitor.start()  # monitoring (issue 6)
+        except BaseException:
+            await self.stop()
+            raise
         log.info("localserve %s listening on %s:%d", __version__, self.settings.host, self.port)
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-        await self.monitor.stop()  # monitoring (issue 6)
-        await self.scheduler.close()
+        """Stop accepting, then stop the monitor and every runner; safe to call twice."""
+        try:
+            if self._runner is not None:
+                runner, self._runner = self._runner, None
+                await runner.cleanup()
+        finally:
+            await self.monitor.stop()  # monitoring (issue 6)
+            await self.scheduler.close()
         log.info("localserve stopped")
 
 
@@ -377,11 +389,19 @@ def serve(settings: Settings) -> int:
         await daemon.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+
+        def on_signal() -> None:
+            if stop.is_set():  # the second Ctrl-C: stop waiting for a graceful shutdown
+                log.warning("second signal: killing the runners and exiting now")
+                daemon.scheduler.kill_runners()
+                os._exit(130)
+            stop.set()
+
         for signum in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(signum, stop.set)
+                loop.add_signal_handler(signum, on_signal)
         await stop.wait()
-        log.info("shutting down")
+        log.info("shutting down (send the signal again to exit at once)")
         await daemon.stop()
 
     try:

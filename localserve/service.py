@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from localserve.config import Settings
-from localserve.errors import BadRequestError, BusyError
+from localserve.errors import BadRequestError, BusyError, RunnerError
 from localserve.events import EventBus
 from localserve.monitor import ProgressReporter, new_request_id
 from localserve.names import ModelName
@@ -149,9 +149,11 @@ class ModelService:
                 "options": model.options,
                 "format": fmt,
             }
+            finished = False
             async with lease.runner.request(message) as frames:
                 async for frame in frames:
                     if frame.get("event") == "done":
+                        finished = True
                         outcome = str(frame.get("done_reason", "stop"))
                         eval_count = int(frame.get("eval_count", 0))
                         frame = {
@@ -175,6 +177,8 @@ class ModelService:
                             first_token_ns = time.perf_counter_ns()
                         progress.token()  # publishes request_progress every ~250 ms
                     yield frame
+            if not finished:
+                raise RunnerError(f"the runner for {model.name} ended the answer without a result")
         except (asyncio.CancelledError, GeneratorExit):
             outcome = "cancel"
             raise
@@ -219,7 +223,7 @@ class ModelService:
                     return vectors, int(frame.get("prompt_eval_count", 0)), load_ns
         finally:
             lease.release(keep_alive_s)
-        raise BadRequestError("runner returned no embeddings")
+        raise RunnerError(f"the runner for {model.name} returned no embeddings")
 
 
 def _rate(count: int, duration_ns: int) -> float:

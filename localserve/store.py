@@ -16,8 +16,10 @@ from __future__ import annotations
 import builtins  # `Store.list` shadows `list` in annotations of later methods
 import contextlib
 import errno
+import fcntl
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -40,16 +42,20 @@ from localserve.errors import (
 from localserve.gguf_info import ModelFacts, read_model_facts
 from localserve.names import ModelName, digest_filename, parse_digest
 
+log = logging.getLogger("localserve.store")
+
 MODEL_MEDIA_TYPE = "application/vnd.ollama.image.model"
 MANIFEST_MEDIA_TYPE = "application/vnd.localserve.manifest.v1+json"
 CHUNK = 1024 * 1024
 # Unreferenced blobs younger than this survive collection (an upload awaiting /api/create).
 GC_GRACE_S = 600.0
 PARTIAL_MAX_AGE_S = 7 * 24 * 3600.0
+TEMP_MAX_AGE_S = 3600.0
 
 
 class DiskFullError(LocalserveError):
     status = 507
+    code = "disk_full"
 
     def __init__(self, detail: str = "") -> None:
         message = "disk full: not enough space in the model store"
@@ -130,6 +136,19 @@ def _raise_disk_error(exc: OSError) -> None:
         raise DiskFullError() from exc
 
 
+def _unowned(path: Path, now: float) -> bool:
+    """A temp file no live writer holds: an upload's `.part` that nobody flock()s (its
+    writer died with a killed daemon), or any other temp file older than an hour."""
+    if path.suffix != ".part":
+        return now - path.stat().st_mtime >= TEMP_MAX_AGE_S
+    with path.open("rb") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+
 class Store:
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -150,8 +169,13 @@ class Store:
 
     @contextlib.contextmanager
     def temp_file(self, suffix: str = ".part") -> Iterator[tuple[Path, IO[bytes]]]:
-        """A temp file inside the store, removed on exit unless it was moved away."""
+        """A temp file inside the store, removed on exit unless it was moved away.
+
+        The file is flock()ed while it is written: garbage collection (in this process or
+        another daemon on the same store) removes only temp files no live writer holds.
+        """
         fd, name = tempfile.mkstemp(dir=self.tmp_dir, suffix=suffix)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         path = Path(name)
         try:
             with os.fdopen(fd, "wb") as handle:
@@ -236,9 +260,15 @@ class Store:
             raise NotFoundError(f"blob {digest} not found; upload it with POST /api/blobs first")
         try:
             facts = read_model_facts(blob)
-        except InvalidModelFileError:
+        except Exception as exc:
+            # A file that is not a usable model does not stay in the store, whatever failed.
             self._remove_blob_if_unreferenced(digest)
-            raise
+            if isinstance(exc, InvalidModelFileError):
+                raise
+            log.exception("reading the GGUF header of blob %s failed", digest)
+            raise InvalidModelFileError(
+                f"cannot read the GGUF header ({type(exc).__name__})"
+            ) from exc
         manifest = Manifest(
             model_digest=digest,
             model_size=blob.stat().st_size,
@@ -335,6 +365,7 @@ class Store:
     def collect_garbage(self, grace_s: float = GC_GRACE_S) -> builtins.list[str]:
         """Delete unreferenced blobs older than `grace_s` and stale temp files."""
         removed: builtins.list[str] = []
+        removed_temp = 0
         now = time.time()
         with self._lock:
             referenced = self._referenced_digests()
@@ -348,8 +379,9 @@ class Store:
                         removed.append(digest)
             for tmp in self.tmp_dir.iterdir():
                 with contextlib.suppress(OSError):
-                    if tmp.is_file() and now - tmp.stat().st_mtime >= max(grace_s, 3600):
+                    if tmp.is_file() and _unowned(tmp, now):
                         tmp.unlink()
+                        removed_temp += 1
             # Resumable pull downloads: kept a week after they were last written to.
             partial_dir = self.tmp_dir / "partial"
             if partial_dir.is_dir():
@@ -357,6 +389,8 @@ class Store:
                     with contextlib.suppress(OSError):
                         if now - partial.stat().st_mtime >= PARTIAL_MAX_AGE_S:
                             partial.unlink()
+        if removed_temp:
+            log.info("removed %d unfinished upload file(s) from %s", removed_temp, self.tmp_dir)
         return removed
 
     def disk_free(self) -> int:

@@ -8,7 +8,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from gguf_factory import HEADS, LAYERS, VOCAB, WIDTH, write_tiny_gguf
+from gguf_factory import (
+    ARRAY,
+    F32,
+    HEADS,
+    I32,
+    LAYERS,
+    VOCAB,
+    WIDTH,
+    read_gguf_parts,
+    write_tiny_gguf,
+)
 
 from localserve.errors import InvalidModelFileError
 from localserve.gguf_info import ModelFacts, estimate_kv_cache_bytes, read_model_facts
@@ -20,7 +30,7 @@ TEMPLATE = "{% for m in messages %}{{ m.content }}{% endfor %}"
 
 @pytest.fixture(scope="session")
 def smollm2_facts(smollm2_path: Path) -> ModelFacts:
-    return read_model_facts(smollm2_path)  # ~2 s (49k-token vocabulary): read once
+    return read_model_facts(smollm2_path)  # ~40 ms (49k-token vocabulary): read once
 
 
 # ---- a tiny model --------------------------------------------------------------------------
@@ -161,6 +171,37 @@ def test_gguf_without_tensors_is_refused(tmp_path: Path) -> None:
     writer.close()
     with pytest.raises(InvalidModelFileError, match="no tensors"):
         read_model_facts(path)
+
+
+def test_per_layer_head_counts_give_the_largest_and_may_skip_layers(
+    tiny_model: TinyModelFactory, tmp_path: Path
+) -> None:
+    parts = read_gguf_parts(tiny_model("a"))
+    # A hybrid model's attention-free layers have no KV heads.
+    parts.set_kv("llama.attention.head_count_kv", ARRAY, [0, 2], I32)
+    facts = read_model_facts(parts.write(tmp_path / "hybrid.gguf"))
+    assert (facts.head_count, facts.head_count_kv) == (HEADS, 2)
+
+
+def test_a_kv_head_count_that_does_not_divide_a_layers_heads_is_refused(
+    tiny_model: TinyModelFactory, tmp_path: Path
+) -> None:
+    parts = read_gguf_parts(tiny_model("a"))
+    parts.set_kv("llama.attention.head_count_kv", ARRAY, [4, 3], I32)
+    with pytest.raises(InvalidModelFileError, match=r"head_count_kv 3 does not divide .* layer 1"):
+        read_model_facts(parts.write(tmp_path / "bad-kv.gguf"))
+
+
+def test_non_finite_floats_stay_out_of_the_metadata(
+    tiny_model: TinyModelFactory, tmp_path: Path
+) -> None:
+    parts = read_gguf_parts(tiny_model("a"))
+    parts.set_kv("general.quantization_version", F32, float("nan"))
+    parts.set_kv("general.file_type", F32, float("inf"))
+    facts = read_model_facts(parts.write(tmp_path / "nan.gguf"))
+    assert "general.quantization_version" not in facts.metadata
+    assert "general.file_type" not in facts.metadata
+    assert facts.quantization == "unknown"
 
 
 # ---- the real SmolLM2 file -----------------------------------------------------------------

@@ -335,6 +335,29 @@ async def test_keep_alive_expiry_unloads_after_the_duration(tmp_path: Path) -> N
     assert world.loaded() == set() and world.unloads("expired") == ["a"]
 
 
+async def test_a_request_cancelled_right_after_its_grant_releases_its_lease(
+    tmp_path: Path,
+) -> None:
+    """The cancel lands after the scheduler granted the lease but before the request saw
+    it: the lease must still be released, so the model goes idle and expires on time."""
+    world = World(tmp_path)
+    scheduler = world.scheduler
+    request = asyncio.create_task(scheduler.acquire(spec("a"), 0.1))
+    grant = scheduler._grant
+
+    def grant_then_cancel(model: Any, future: Any, keep: float | None) -> None:
+        grant(model, future, keep)
+        request.cancel()
+
+    scheduler._grant = grant_then_cancel  # type: ignore[method-assign]
+    with pytest.raises(asyncio.CancelledError):
+        await request
+    await world.settle()
+    assert [row["in_flight"] for row in scheduler.snapshot()] == [0]
+    await asyncio.sleep(0.3)
+    assert world.loaded() == set() and world.unloads("expired") == ["a"]
+
+
 async def test_max_loaded_caps_the_number_of_models(tmp_path: Path) -> None:
     world = World(tmp_path, max_loaded=2)
     for name in "abcd":
