@@ -42,7 +42,7 @@ lint: venv
 TYPECHECK_TREE := build/typecheck
 typecheck: venv
 	rm -rf $(TYPECHECK_TREE) && mkdir -p $(TYPECHECK_TREE)/localserve
-	ln -s $(CURDIR)/localserve/*.py $(CURDIR)/localserve/py.typed $(TYPECHECK_TREE)/localserve/
+	ln -s $(CURDIR)/localserve/* $(TYPECHECK_TREE)/localserve/
 	ln -s $(CURDIR)/cli $(TYPECHECK_TREE)/localserve/cli
 	ln -s $(CURDIR)/tui $(TYPECHECK_TREE)/localserve/tui
 	cd $(TYPECHECK_TREE) && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml -p localserve

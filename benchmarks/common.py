@@ -50,7 +50,7 @@ def bench_daemon(models: dict[str, Path], **settings: str) -> Iterator[int]:
     (name -> GGUF file); `settings` are LOCALSERVE_* variables without the prefix.
     Yields the port once the daemon accepts connections."""
     from localserve.names import ModelName
-    from localserve.store import Store
+    from localserve.store.store import Store
 
     with tempfile.TemporaryDirectory() as tmp:
         store = Store(Path(tmp) / "models")

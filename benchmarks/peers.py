@@ -4,7 +4,7 @@ One run on SmolLM2 135M Q4_1, with these contenders:
 
 - `in-process`: llama-cpp-python's `create_completion(stream=True)` in this process (single
   stream only; the same call as benchmarks/common.py in_process_stream, with time stamps);
-- `engine`: localserve's batching engine (localserve.batching.Engine) stepped in this
+- `engine`: localserve's batching engine (localserve.runner.engine.Engine) stepped in this
   process, no daemon: N requests submitted at once, `step()` while it has work;
 - `llama-server`: llama.cpp's own HTTP server (`-c num_ctx*N -np N -t T`), streamed through
   its `/v1/completions` (SSE);
@@ -255,13 +255,13 @@ class InProcess(Contender):
 
 
 class EngineContender(Contender):
-    """localserve.batching.Engine stepped in this process."""
+    """localserve.runner.engine.Engine stepped in this process."""
 
     name = "engine"
     in_process = True
 
     def __init__(self, model: Path, num_ctx: int, slots: int, threads: int) -> None:
-        from localserve.batching import Engine
+        from localserve.runner.engine import Engine
 
         self.current: dict[str, Stream] = {}
         self.errors: list[str] = []

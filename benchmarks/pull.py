@@ -37,10 +37,10 @@ import aiohttp  # noqa: E402
 from fake_hf_server import FakeHub  # noqa: E402
 from gguf_factory import write_tiny_gguf  # noqa: E402
 
-from localserve.hub import HuggingFaceHub  # noqa: E402
 from localserve.names import ModelName  # noqa: E402
-from localserve.pull import Puller, collect  # noqa: E402
-from localserve.store import Store  # noqa: E402
+from localserve.store.hub import HuggingFaceHub  # noqa: E402
+from localserve.store.pull import Puller, collect  # noqa: E402
+from localserve.store.store import Store  # noqa: E402
 
 REPO = "Bench/Big-GGUF"
 FILENAME = "big-Q4_K_M.gguf"

@@ -90,7 +90,7 @@ class TuiProcess:
 
 
 async def tui_child(port: int) -> None:
-    from localserve.client import LocalserveClient
+    from localserve.client.http import LocalserveClient
     from localserve.tui.app import REFRESH_STEPS, LocalserveApp
     from localserve.tui.screens import DashboardScreen
 

@@ -1,7 +1,7 @@
 """The localserve command line (typer): `localserve serve|run|list|ps|show|...`.
 
 Importable as `localserve.cli`; the console script is `localserve.cli.app:main`.
-The CLI talks to the daemon only through `localserve.client.LocalserveClient`.
+The CLI talks to the daemon only through `localserve.client.http.LocalserveClient`.
 
     app          the typer app, assembled from the command modules; exit-code table
     errors       exit codes, error messages, `cli_errors`
@@ -13,5 +13,5 @@ The CLI talks to the daemon only through `localserve.client.LocalserveClient`.
     store_cmds   create, cp, rm, pull; `recovery` after a lost connection
     progress     byte progress bars (hash, upload, pull)
     render       Ollama's tables, timing lines and Modelfile (sizes and times come
-                 from `localserve.display`, shared with the TUI)
+                 from `localserve.client.display`, shared with the TUI)
 """

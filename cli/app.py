@@ -3,7 +3,7 @@
 Commands: serve, daemon start|stop|status (`daemon_cmds`), run (`run`, its REPL in
 `repl`), list (ls), ps, show, stop, pin, unpin (`models`), create, cp, rm, pull
 (`store_cmds`), tui (top), version. The CLI talks to the daemon only through
-`localserve.client`; commands that need the daemon start it in the background when
+`localserve.client.http`; commands that need the daemon start it in the background when
 nothing answers (set `LOCALSERVE_NO_AUTOSTART=1` to turn that off; then they exit 3
 instead). `daemon status` and `version` never start it. When the connection drops
 during create, cp, rm or pull, the command reconnects and says whether the operation
@@ -29,7 +29,7 @@ from typing import Annotated
 
 import typer
 
-from localserve.client import ClientError
+from localserve.client.http import ClientError
 
 # isort: split
 from localserve.cli import daemon_cmds, models, store_cmds

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import typer
 
-from localserve.client import ClientError, LocalserveClient, ModelNotFoundAPIError
+from localserve.client.http import ClientError, LocalserveClient, ModelNotFoundAPIError
 from localserve.config import Settings
 from localserve.errors import LocalserveError
 from localserve.names import ModelName

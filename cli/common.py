@@ -13,8 +13,8 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from localserve import daemon
-from localserve.client import LocalserveClient
+from localserve.client import background
+from localserve.client.http import LocalserveClient
 from localserve.config import Settings, load_settings
 from localserve.errors import ConfigError
 
@@ -46,11 +46,11 @@ def start_daemon_if_needed(settings: Settings, text: str = "starting localserve 
     """Make sure the daemon answers, starting it in the background when allowed; raises
     the daemon module's errors (not running, failed to start)."""
     with spinner(text):
-        pid = daemon.ensure_running(settings, autostart=settings.autostart)
+        pid = background.ensure_running(settings, autostart=settings.autostart)
     if pid:
         typer.echo(
             f"started localserve daemon (pid {pid}) at {settings.base_url}; "
-            f"log: {daemon.log_path(settings)}",
+            f"log: {background.log_path(settings)}",
             err=True,
         )
 

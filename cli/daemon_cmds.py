@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from localserve import daemon
+from localserve.client import background
 from localserve.errors import ConfigError
 
 # isort: split
@@ -24,7 +24,7 @@ def serve() -> None:
         settings = settings.validate()
     except ConfigError as exc:
         fail(str(exc), ExitCode.USAGE)
-    from localserve.server import serve as run_server
+    from localserve.api.app import serve as run_server
 
     with cli_errors():
         code = run_server(settings)
@@ -35,22 +35,22 @@ def serve() -> None:
 def daemon_start(
     timeout: Annotated[
         float, typer.Option(help="Seconds to wait for the daemon to answer.")
-    ] = daemon.START_TIMEOUT_S,
+    ] = background.START_TIMEOUT_S,
 ) -> None:
     """Start the daemon in the background (pidfile and log in the state dir)."""
     settings = get_settings()
     with cli_errors():
         settings.validate()
-        if daemon.is_answering(settings):
-            pid = daemon.managed_pid(settings)
+        if background.is_answering(settings):
+            pid = background.managed_pid(settings)
             where = f" (pid {pid})" if pid else ""
             typer.echo(f"localserve daemon already running at {settings.base_url}{where}")
             return
         with spinner("starting localserve daemon..."):
-            pid = daemon.start_background(settings, timeout=timeout)
+            pid = background.start_background(settings, timeout=timeout)
     typer.echo(
         f"started localserve daemon (pid {pid}) at {settings.base_url}\n"
-        f"log: {daemon.log_path(settings)}"
+        f"log: {background.log_path(settings)}"
     )
 
 
@@ -58,13 +58,13 @@ def daemon_start(
 def daemon_stop(
     timeout: Annotated[
         float, typer.Option(help="Seconds to wait after SIGTERM before SIGKILL.")
-    ] = daemon.STOP_TIMEOUT_S,
+    ] = background.STOP_TIMEOUT_S,
 ) -> None:
     """Stop the background daemon (SIGTERM, then SIGKILL after the timeout)."""
     settings = get_settings()
-    pid = daemon.managed_pid(settings)
+    pid = background.managed_pid(settings)
     with cli_errors(), spinner("stopping localserve daemon..."):
-        stopped = daemon.stop(settings, timeout=timeout)
+        stopped = background.stop(settings, timeout=timeout)
     if stopped:
         typer.echo(f"stopped localserve daemon (pid {pid})")
     else:
@@ -76,7 +76,7 @@ def daemon_status(json_: JsonFlag = False) -> None:
     """Show whether the daemon runs and answers; exit 0 when it does, 3 when not."""
     settings = get_settings()
     with cli_errors():
-        state = daemon.status(settings)
+        state = background.status(settings)
     if json_:
         print_json(state.to_dict())
     else:

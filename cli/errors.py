@@ -11,8 +11,8 @@ from typing import NoReturn
 
 import typer
 
-from localserve import daemon
-from localserve.client import (
+from localserve.client import background
+from localserve.client.http import (
     APIError,
     BadRequestAPIError,
     BusyAPIError,
@@ -79,9 +79,9 @@ def exit_code_for(exc: BaseException) -> ExitCode:
     """The documented exit code of an exception raised while running a command."""
     if isinstance(exc, KeyboardInterrupt):
         return ExitCode.INTERRUPTED
-    if isinstance(exc, DaemonUnreachableError | daemon.DaemonNotRunningError):
+    if isinstance(exc, DaemonUnreachableError | background.DaemonNotRunningError):
         return ExitCode.UNREACHABLE
-    if isinstance(exc, daemon.DaemonStartError):
+    if isinstance(exc, background.DaemonStartError):
         return ExitCode.UNREACHABLE
     if isinstance(exc, ModelNotFoundAPIError):
         return ExitCode.NOT_FOUND
@@ -109,7 +109,7 @@ def error_message(exc: BaseException, model: str | None = None) -> str:
             f"could not connect to the localserve daemon at {exc.base_url}. "
             "Start it with `localserve daemon start` (or `localserve serve`)."
         )
-    if isinstance(exc, daemon.DaemonNotRunningError):
+    if isinstance(exc, background.DaemonNotRunningError):
         return (
             f"could not connect to the localserve daemon at {exc.base_url} "
             f"(not starting one: {NO_AUTOSTART_ENV} is set, or the address is not local). "

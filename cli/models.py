@@ -8,8 +8,8 @@ from typing import Annotated, Any
 
 import typer
 
+from localserve.client.display import parameters_text, render_show
 from localserve.config import Settings
-from localserve.display import parameters_text, render_show
 
 # isort: split
 from localserve.cli import render

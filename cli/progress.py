@@ -16,9 +16,9 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from localserve.client import file_digest
+from localserve.client.display import short_id
+from localserve.client.http import file_digest
 from localserve.config import Settings
-from localserve.display import short_id
 
 # isort: split
 from localserve.cli.common import make_client, stderr_console

@@ -18,7 +18,7 @@ from typing import NoReturn
 
 import typer
 
-from localserve.client import ClientError
+from localserve.client.http import ClientError
 from localserve.config import Settings
 from localserve.errors import LocalserveError
 from localserve.names import ModelName

@@ -1,7 +1,7 @@
 """CLI tables and texts, written to match Ollama's output: `list` and `ps` tables, the
 `run --verbose` timing lines (Go's `time.Duration` notation: "1.234567s", "12.5ms") and
 `show --modelfile`. Sizes, times and the PROCESSOR/UNTIL cells come from
-`localserve.display`, which the TUI shares.
+`localserve.client.display`, which the TUI shares.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from localserve.display import (
+from localserve.client.display import (
     human_bytes,
     human_time,
     parameters_text,

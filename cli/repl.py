@@ -26,9 +26,9 @@ from typing import Any
 
 import typer
 
-from localserve.client import ClientError
+from localserve.client.display import parameters_text, render_show
+from localserve.client.http import ClientError
 from localserve.config import Settings
-from localserve.display import parameters_text, render_show
 
 # isort: split
 from localserve.cli import render

@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 from rich.progress import TaskID
 
-from localserve.client import BadRequestAPIError, DaemonUnreachableError, ModelNotFoundAPIError
+from localserve.client.http import BadRequestAPIError, DaemonUnreachableError, ModelNotFoundAPIError
 
 # isort: split
 from localserve.cli import recovery

@@ -2,9 +2,9 @@
 
 import sys
 
+from localserve.api.app import serve
 from localserve.config import load_settings
 from localserve.errors import ConfigError
-from localserve.server import serve
 
 if __name__ == "__main__":
     try:

@@ -54,8 +54,8 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> TinyModelFactory:
 
 @pytest.fixture
 def store(tmp_path: Path) -> Any:
-    """An empty `localserve.store.Store` rooted in the test's tmp_path."""
-    from localserve.store import Store
+    """An empty `localserve.store.store.Store` rooted in the test's tmp_path."""
+    from localserve.store.store import Store
 
     return Store(tmp_path / "store")
 

@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 from fake_hf_server import FakeHub
 
+from localserve.api.app import Daemon
 from localserve.config import Settings
-from localserve.gpu import GpuProbe, NoGpuProbe
 from localserve.names import ModelName
-from localserve.scheduler import MemoryProbe
-from localserve.server import Daemon
+from localserve.scheduling.gpu import GpuProbe, NoGpuProbe
+from localserve.scheduling.scheduler import MemoryProbe
 
 
 class DaemonThread:
@@ -95,7 +95,7 @@ def running_daemon_with_hub(
 ) -> Iterator[DaemonThread]:
     """A daemon whose pulls go to `hub` (started on the daemon's loop), with no HF token."""
     monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.setattr("localserve.hub.get_token", lambda: None)
+    monkeypatch.setattr("localserve.store.hub.get_token", lambda: None)
     with running_daemon(tmp_path) as daemon:
         daemon.call(hub.start())
         monkeypatch.setenv("HF_ENDPOINT", hub.url)

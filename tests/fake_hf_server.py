@@ -1,6 +1,6 @@
 """A small Hugging Face Hub look-alike on 127.0.0.1, for the pull tests and the benchmark.
 
-It serves what `huggingface_hub` and `localserve.hub.HuggingFaceHub` use:
+It serves what `huggingface_hub` and `localserve.store.hub.HuggingFaceHub` use:
 
     GET  /api/models/<org>/<repo>[/revision/<rev>]   model_info (siblings with LFS sha256)
     HEAD /<org>/<repo>/resolve/<rev>/<file>          302 to the "CDN" with X-Repo-Commit,

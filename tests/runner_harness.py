@@ -1,4 +1,4 @@
-"""A runner subprocess (`python -m localserve.runner --fd N`) driven from a test over a real
+"""A runner subprocess (`python -m localserve.runner.main --fd N`) driven from a test over a real
 socket pair, plus a fixture factory that starts runners and closes them after the test."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
-from localserve.protocol import Frame, encode_frame, recv_frame
+from localserve.runner.protocol import Frame, encode_frame, recv_frame
 
 
 class RunnerProcess:

@@ -25,8 +25,8 @@ def run_python(code: str, cwd: Path, env: dict[str, str] | None = None) -> str:
 
 def test_daemon_starts_without_importing_ui_packages(tmp_path: Path) -> None:
     code = (
-        "import sys, localserve.server, localserve.client, localserve.scheduler, "
-        "localserve.runner, localserve.store, localserve.config\n"
+        "import sys, localserve.api.app, localserve.client.http, localserve.scheduling.scheduler, "
+        "localserve.runner.main, localserve.store.store, localserve.config\n"
         f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({UI_PACKAGES!r})))"
     )
     assert run_python(code, tmp_path) == "[]"

@@ -15,7 +15,7 @@ is polled at most every refresh tick when an event says it changed, and at least
 second; `tags` when a pull or delete changed it, else every 10 s. A timer at the refresh
 interval re-renders the visible screen only when the state changed, so the UI coalesces
 bursts of events and never queues stale frames. The app talks to the daemon only through
-a `DataSource` (`localserve.client.LocalserveClient`, or a fake in tests).
+a `DataSource` (`localserve.client.http.LocalserveClient`, or a fake in tests).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from textual.binding import Binding, BindingType
 from textual.screen import Screen
 from textual.timer import Timer
 
-from localserve.client import ClientError, DaemonUnreachableError, LocalserveClient
+from localserve.client.http import ClientError, DaemonUnreachableError, LocalserveClient
 from localserve.config import Settings, load_settings, parse_host
 from localserve.tui.screens import (
     ChatScreen,
@@ -403,7 +403,7 @@ def run(
 
     `base_url` defaults to the settings' (`LOCALSERVE_HOST`); the API key comes from the
     settings (`LOCALSERVE_API_KEY`). The "start the daemon" offer appears only for a local
-    address (it runs `localserve.daemon.start_background` with those settings).
+    address (it runs `localserve.client.background.start_background` with those settings).
     """
     settings = settings or load_settings()
     if base_url:
@@ -414,7 +414,7 @@ def run(
     chosen = settings
 
     def start_in_background() -> object:
-        from localserve.daemon import start_background
+        from localserve.client.background import start_background
 
         return start_background(chosen)
 

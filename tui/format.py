@@ -1,6 +1,6 @@
 """TUI-only text helpers: sparklines, threshold-coloured gauges and bars, rates and times.
 
-Sizes, the PROCESSOR and UNTIL columns and `show` come from `localserve.display`, which
+Sizes, the PROCESSOR and UNTIL columns and `show` come from `localserve.client.display`, which
 the CLI shares, so the TUI and `localserve ps` / `list` / `show` say the same thing the
 same way.
 """
@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 
 from rich.text import Text
 
-from localserve.display import human_bytes, human_time, parse_time, until_column
+from localserve.client.display import human_bytes, human_time, parse_time, until_column
 
 BLOCKS = " ▁▂▃▄▅▆▇█"
 WARN = 0.75  # gauges turn yellow at 75 % ...

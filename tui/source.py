@@ -1,6 +1,6 @@
 """The small interface between the TUI and the daemon.
 
-`localserve.client.LocalserveClient` implements it (the real one, over HTTP); tests and
+`localserve.client.http.LocalserveClient` implements it (the real one, over HTTP); tests and
 snapshots feed the app from a fake with fixed data instead of the network. Methods raise
 the client's error tree: `DaemonUnreachableError` when nothing answers (the app then
 shows its "daemon not reachable" screen), `APIError` subclasses for answers it refused.

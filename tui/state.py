@@ -144,7 +144,7 @@ class MonitorState:
             self.touch("installed")
 
     def ingest(self, event: JSON) -> None:
-        """Apply one daemon event (see localserve.monitor for the shapes)."""
+        """Apply one daemon event (see localserve.telemetry.monitor for the shapes)."""
         kind = str(event.get("type", ""))
         handler = _HANDLERS.get(kind)
         if handler is not None:

@@ -18,9 +18,9 @@ def die() -> None:
 
 
 def main() -> int:
+    from localserve.api.app import serve
     from localserve.config import load_settings
-    from localserve.server import serve
-    from localserve.store import Store
+    from localserve.store.store import Store
 
     when, method = os.environ["DYING_DAEMON"].split(":")
     original = getattr(Store, method)

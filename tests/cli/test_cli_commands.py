@@ -210,7 +210,7 @@ def test_unreachable_daemon_exits_3_with_a_clear_message(tmp_path: Path) -> None
 
 def test_daemon_start_status_stop_lifecycle(tmp_path: Path) -> None:
     """`daemon start` runs the real server detached, with a pidfile and a log."""
-    pytest.importorskip("localserve.server")
+    pytest.importorskip("localserve.api.app")
     env = cli_env(tmp_path, free_port())
     pidfile = tmp_path / "state" / "localserve.pid"
     runner = CliRunner()
@@ -243,7 +243,7 @@ def test_daemon_start_status_stop_lifecycle(tmp_path: Path) -> None:
 
 
 def test_commands_start_the_daemon_when_nothing_answers(tmp_path: Path) -> None:
-    pytest.importorskip("localserve.server")
+    pytest.importorskip("localserve.api.app")
     env = cli_env(tmp_path, free_port())
     runner = CliRunner()
     result = runner.invoke(app, ["list"], env=env)
@@ -382,7 +382,7 @@ def test_the_load_spinner_shows_the_daemons_load_progress(
     cli_daemon: CliDaemon, tiny_model: TinyModelFactory
 ) -> None:
     from localserve.cli.app import load_progress_shown
-    from localserve.client import LocalserveClient
+    from localserve.client.http import LocalserveClient
 
     create(cli_daemon, "progress", tiny_model("p"))
     create(cli_daemon, "other", tiny_model("o"))

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from cli_harness import serving
 
-from localserve import daemon
-from localserve.client import (
+from localserve.client import background
+from localserve.client.http import (
     APIError,
     BadRequestAPIError,
     BusyAPIError,
@@ -30,8 +30,8 @@ from localserve.cli.app import ExitCode, error_message, exit_code_for
         (BadRequestAPIError(400, "bad"), 2),
         (APIError(413, "too large"), 2),
         (DaemonUnreachableError("http://127.0.0.1:1", "refused"), 3),
-        (daemon.DaemonNotRunningError("http://127.0.0.1:1"), 3),
-        (daemon.DaemonStartError("exited", Path("/x.log"), "boom"), 3),
+        (background.DaemonNotRunningError("http://127.0.0.1:1"), 3),
+        (background.DaemonStartError("exited", Path("/x.log"), "boom"), 3),
         (ModelNotFoundAPIError(404, "model 'x' not found"), 4),
         (BusyAPIError(503, "queue full", 2.0), 5),
         (APIError(500, "bug"), 1),
@@ -106,7 +106,7 @@ def test_a_507_without_a_code_is_the_daemons_message() -> None:
 def test_the_daemons_model_too_large_reaches_the_user(
     tmp_path: Path, tiny_model: Callable[..., Path]
 ) -> None:
-    pytest.importorskip("localserve.server")
+    pytest.importorskip("localserve.api.app")
     with serving(tmp_path, LOCALSERVE_MAX_RAM="1M") as daemon:
         assert daemon.invoke("create", "big", "-f", str(tiny_model("b"))).exit_code == 0
         result = daemon.invoke("run", "big", "hi")

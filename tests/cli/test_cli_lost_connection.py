@@ -36,7 +36,7 @@ TinyModelFactory = Callable[..., Path]
 def dying_daemon(tmp_path: Path) -> Iterator[DyingDaemon]:
     """Factory: `dying_daemon("after:copy", **env)` starts a daemon that SIGKILLs itself
     at that point; afterwards it and the daemon the CLI started in its place are stopped."""
-    pytest.importorskip("localserve.server")
+    pytest.importorskip("localserve.api.app")
     with contextlib.ExitStack() as stack:
 
         def start(hook: str, **extra: str) -> CliDaemon:

@@ -1,6 +1,6 @@
 """The CLI's tables and texts match Ollama's: list and ps tables, timings, the Modelfile.
 
-Sizes, times and the PROCESSOR/UNTIL cells are tested in tests/test_display.py."""
+Sizes, times and the PROCESSOR/UNTIL cells are tested in tests/client/test_display.py."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from localserve.client import DaemonUnreachableError, ModelNotFoundAPIError
+from localserve.client.http import DaemonUnreachableError, ModelNotFoundAPIError
 
 JSON = dict[str, Any]
 

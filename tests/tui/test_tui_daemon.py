@@ -15,7 +15,7 @@ from fake_hf_server import FakeHub
 from gguf_factory import write_tiny_gguf
 from tui_helpers import table_rows, wait_until
 
-from localserve.client import LocalserveClient, ModelNotFoundAPIError
+from localserve.client.http import LocalserveClient, ModelNotFoundAPIError
 from localserve.names import ModelName
 from localserve.tui.app import LocalserveApp
 from localserve.tui.screens import ConfirmScreen, ModelsScreen, UnreachableScreen

@@ -12,7 +12,7 @@ from textual.app import ComposeResult
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
-from localserve.display import human_bytes
+from localserve.client.display import human_bytes
 from localserve.tui.format import text_bar
 from localserve.tui.state import SECTIONS, MonitorState
 from localserve.tui.widgets import TooSmall, TopBar

@@ -13,8 +13,8 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.css.query import NoMatches
 from textual.widgets import Input, Select, Static
 
-from localserve.client import APIError, ClientError, DaemonUnreachableError
-from localserve.display import per_second
+from localserve.client.display import per_second
+from localserve.client.http import APIError, ClientError, DaemonUnreachableError
 from localserve.tui.format import ms_text
 from localserve.tui.screens.base import JSON, MonitorScreen
 from localserve.tui.state import MonitorState

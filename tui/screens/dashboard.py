@@ -10,7 +10,7 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Digits, Static
 
-from localserve.display import human_bytes, processor_column
+from localserve.client.display import human_bytes, processor_column
 from localserve.tui.format import clock_text, gauge, ms_text, rate_text, sparkline, until_text
 from localserve.tui.screens.base import (
     MonitorScreen,

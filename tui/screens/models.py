@@ -14,8 +14,8 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.css.query import NoMatches
 from textual.widgets import DataTable, Input, Static
 
-from localserve.client import ClientError, DaemonUnreachableError
-from localserve.display import human_bytes, render_show, short_id
+from localserve.client.display import human_bytes, render_show, short_id
+from localserve.client.http import ClientError, DaemonUnreachableError
 from localserve.tui.format import modified_column
 from localserve.tui.screens.base import (
     JSON,

@@ -1,0 +1,3 @@
+"""The HTTP side: app assembly and lifecycle, middlewares, one module per API dialect, the
+OpenAPI document.
+"""

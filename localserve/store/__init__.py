@@ -1,0 +1,1 @@
+"""The model store (blobs + manifests), GGUF facts, and pulls from Hugging Face with the catalog."""

@@ -1,0 +1,1 @@
+"""Events, system samples and Prometheus metrics."""
