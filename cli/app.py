@@ -1,7 +1,7 @@
 """The `localserve` command line: the typer app, assembled from the command modules.
 
 Commands: serve, daemon start|stop|status (`daemon_cmds`), run (`run`, its REPL in
-`repl`), list (ls), ps, show, stop, pin, unpin (`models`), create, cp, rm, pull
+`repl`), list (ls), ps, show, stop, pin, unpin (`models`), create, cp, rm, pull, catalog
 (`store_cmds`), tui (top), version. The CLI talks to the daemon only through
 `localserve.client.http`; commands that need the daemon start it in the background when
 nothing answers (set `LOCALSERVE_NO_AUTOSTART=1` to turn that off; then they exit 3
@@ -74,6 +74,7 @@ app.command()(models.pin)
 app.command()(models.unpin)
 app.command()(store_cmds.create)
 app.command()(store_cmds.pull)
+app.command("catalog")(store_cmds.catalog_cmd)
 
 
 @app.command()

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import typer
 
+from localserve.api.payloads import ShowResponse
 from localserve.client.http import ClientError, LocalserveClient, ModelNotFoundAPIError
 from localserve.config import Settings
 from localserve.errors import LocalserveError
@@ -68,20 +69,40 @@ async def stream_chat(
     format: str | dict[str, Any] | None,
     keep_alive: str | None,
     write: Callable[[str], None],
+    think: bool | None = None,
+    hide_thinking: bool = False,
 ) -> tuple[str, dict[str, Any]]:
     """Stream one chat answer to `write`; return (answer, final chunk). A spinner runs on
-    stderr (when it is a terminal) until the first token."""
+    stderr (when it is a terminal) until the first token. A thinking model's reasoning is
+    written first, between "Thinking..." and "...done thinking.", unless hidden."""
     answer: list[str] = []
+    thinking = False
     final: dict[str, Any] = {}
     async with contextlib.AsyncExitStack() as spinning:
         status = spinning.enter_context(spinner())
         async with make_client(settings) as client:
             await spinning.enter_async_context(load_progress_shown(client, model, status))
             chunks: AsyncIterator[dict[str, Any]] = client.chat(
-                model, messages, options=options or None, format=format, keep_alive=keep_alive
+                model,
+                messages,
+                options=options or None,
+                format=format,
+                keep_alive=keep_alive,
+                think=think,
             )
             async for chunk in chunks:
-                content = str((chunk.get("message") or {}).get("content") or "")
+                message = chunk.get("message") or {}
+                reasoning = str(message.get("thinking") or "")
+                if reasoning and not hide_thinking:
+                    await spinning.aclose()
+                    if not thinking:
+                        write("Thinking...\n")
+                        thinking = True
+                    write(reasoning)
+                content = str(message.get("content") or "")
+                if content and thinking:
+                    write("\n...done thinking.\n\n")
+                    thinking = False
                 if content:
                     await spinning.aclose()  # first token: stop the spinner (no-op afterwards)
                     answer.append(content)
@@ -116,7 +137,7 @@ def load_with_spinner(settings: Settings, model: str, keep_alive: str | None) ->
         asyncio.run(load_model(settings, model, keep_alive, status))
 
 
-async def show_model(settings: Settings, model: str) -> dict[str, Any]:
+async def show_model(settings: Settings, model: str) -> ShowResponse:
     async with make_client(settings) as client:
         return await client.show(model)
 

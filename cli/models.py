@@ -4,10 +4,11 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
+from localserve.api.payloads import PsModel, TagsModel
 from localserve.client.display import parameters_text, render_show
 from localserve.config import Settings
 
@@ -25,12 +26,12 @@ from localserve.cli.common import (
 from localserve.cli.errors import ExitCode, cli_errors, fail
 
 
-async def _list(settings: Settings) -> list[dict[str, Any]]:
+async def _list(settings: Settings) -> list[TagsModel]:
     async with make_client(settings) as client:
         return await client.list_models()
 
 
-async def _ps(settings: Settings) -> list[dict[str, Any]]:
+async def _ps(settings: Settings) -> list[PsModel]:
     async with make_client(settings) as client:
         return await client.ps()
 

@@ -39,18 +39,19 @@ class Outcome:
 
 
 def canonical(name: str) -> str:
-    """The name as /api/tags spells it ("tiny" -> "tiny:latest")."""
+    """The name as /api/tags spells it ("tiny" -> "tiny:latest"), case-folded: names
+    match case-insensitively."""
     try:
-        return ModelName.parse(name).display()
+        return ModelName.parse(name).display().lower()
     except LocalserveError:
-        return name
+        return name.lower()
 
 
 async def fetch_versions(settings: Settings) -> Versions:
     """Each installed model's manifest digest."""
     async with make_client(settings) as client:
         models = await client.list_models()
-    return {str(m.get("name")): str(m.get("digest") or "") for m in models}
+    return {str(m.get("name")).lower(): str(m.get("digest") or "") for m in models}
 
 
 async def versions_before(settings: Settings) -> Versions | None:

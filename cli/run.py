@@ -60,6 +60,13 @@ def run(
         typer.Option("--keepalive", help='Keep the model loaded this long ("5m", "0", "-1").'),
     ] = None,
     system: Annotated[str | None, typer.Option("--system", help="A system message.")] = None,
+    think: Annotated[
+        bool | None,
+        typer.Option("--think/--no-think", help="Let a thinking model reason first (or not)."),
+    ] = None,
+    hide_thinking: Annotated[
+        bool, typer.Option("--hidethinking", help="Do not print the model's reasoning.")
+    ] = False,
 ) -> None:
     """Chat with a model: one answer for a prompt, or an interactive session."""
     fmt = parse_format(format_)
@@ -100,6 +107,8 @@ def run(
                     format=fmt,
                     keep_alive=keepalive,
                     write=stdout_write,
+                    think=think,
+                    hide_thinking=hide_thinking,
                 )
             ),
         )

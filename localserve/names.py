@@ -6,6 +6,12 @@ host `registry.localserve`, namespace `library`, tag `latest` (as Ollama does wi
 Every part is checked against a conservative pattern before it is used in a path, so
 no name can reach outside the store. Patterns are applied with `fullmatch`: `re.match`
 with `$` would accept a trailing newline inside a part (e.g. "ns\n/name").
+
+Names keep the case they were typed in (for display, and because Hugging Face repo ids
+are case-sensitive to read) but compare, hash and sort case-insensitively, as Ollama's
+do: `Org/Model:Q4_K_M` and `org/model:q4_k_m` are one model (`key()` is the case-folded
+form). The host is always lower case. The store finds a manifest in any case
+(`localserve.store.store`).
 """
 
 from __future__ import annotations
@@ -26,12 +32,36 @@ _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
 _DIGEST = re.compile(r"^sha256[:-]([0-9a-f]{64})$")
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, eq=False)
 class ModelName:
     host: str
     namespace: str
     name: str
     tag: str
+
+    def key(self) -> tuple[str, str, str, str]:
+        """The case-folded parts: what equality, hashing and the manifest path use."""
+        return (self.host.lower(), self.namespace.lower(), self.name.lower(), self.tag.lower())
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ModelName):
+            return NotImplemented
+        return self.key() == other.key()
+
+    def __hash__(self) -> int:
+        return hash(self.key())
+
+    def __lt__(self, other: ModelName) -> bool:
+        return self.key() < other.key()
+
+    def __le__(self, other: ModelName) -> bool:
+        return self.key() <= other.key()
+
+    def __gt__(self, other: ModelName) -> bool:
+        return self.key() > other.key()
+
+    def __ge__(self, other: ModelName) -> bool:
+        return self.key() >= other.key()
 
     @classmethod
     def parse(cls, text: object) -> ModelName:
@@ -61,17 +91,19 @@ class ModelName:
                 raise BadRequestError(f"invalid model name {raw!r}: bad {label} {part!r}")
         if not _TAG.fullmatch(tag) or ".." in tag:
             raise BadRequestError(f"invalid model name {raw!r}: bad tag {tag!r}")
-        return cls(host.lower(), namespace.lower(), name.lower(), tag)
+        return cls(host.lower(), namespace, name, tag)
 
     @property
     def is_huggingface(self) -> bool:
-        return self.host in ("hf.co", "huggingface.co")
+        return self.host.lower() in ("hf.co", "huggingface.co")
 
     def display(self) -> str:
-        """The short form users type: defaults are left out, the tag is always shown."""
-        if self.host == DEFAULT_HOST and self.namespace == DEFAULT_NAMESPACE:
+        """The short form users type, in their case: defaults are left out, the tag is
+        always shown."""
+        default_host = self.host.lower() == DEFAULT_HOST
+        if default_host and self.namespace.lower() == DEFAULT_NAMESPACE:
             return f"{self.name}:{self.tag}"
-        if self.host == DEFAULT_HOST:
+        if default_host:
             return f"{self.namespace}/{self.name}:{self.tag}"
         return f"{self.host}/{self.namespace}/{self.name}:{self.tag}"
 
@@ -79,8 +111,9 @@ class ModelName:
         return self.display()
 
     def path_parts(self) -> tuple[str, str, str, str]:
-        """The manifest path under `manifests/`; host port colons become underscores."""
-        return (self.host.replace(":", "_"), self.namespace, self.name, self.tag)
+        """The manifest path under `manifests/`, in the name's case; host port colons
+        become underscores."""
+        return (self.host.lower().replace(":", "_"), self.namespace, self.name, self.tag)
 
 
 def parse_digest(text: object) -> str:

@@ -1,12 +1,20 @@
 """Run a real localserve daemon (real aiohttp server, real runner processes) in a
-background thread, so tests can use blocking clients (ollama, openai, requests-style)."""
+background thread, so tests can use blocking clients (ollama, openai, requests-style).
+
+Also the `/api/events` handshake for tests: the stream's first event is `subscribed`
+(`event: subscribed`, data `{"type": "subscribed"}`), sent once the daemon has subscribed
+the client to its bus; `LocalserveClient.events(subscribed=...)` sets an asyncio.Event
+then. A test that connects and then triggers events waits for it first (that argument,
+`SubscribedClient`, `read_sse_until_subscribed`), never for a fixed time.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -15,6 +23,7 @@ import pytest
 from fake_hf_server import FakeHub
 
 from localserve.api.app import Daemon
+from localserve.client.http import LocalserveClient
 from localserve.config import Settings
 from localserve.names import ModelName
 from localserve.scheduling.gpu import GpuProbe, NoGpuProbe
@@ -103,3 +112,59 @@ def running_daemon_with_hub(
             yield daemon
         finally:
             daemon.call(hub.stop())
+
+
+# ---- the /api/events handshake ----------------------------------------------------------
+
+
+class _Handshake(asyncio.Event):
+    """An asyncio.Event that also calls `on_set` when set."""
+
+    def __init__(self, on_set: Callable[[], None]) -> None:
+        super().__init__()
+        self._on_set = on_set
+
+    def set(self) -> None:
+        super().set()
+        self._on_set()
+
+
+class SubscribedClient(LocalserveClient):
+    """A LocalserveClient that counts the `subscribed` handshakes of its `/api/events`
+    streams, whoever reads them (the TUI, the CLI's spinner), so a test can wait until the
+    daemon has subscribed that reader before it triggers the events the reader should see.
+    A caller's own `subscribed` event is still set."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.subscriptions = 0
+
+    def events(
+        self, types: Sequence[str] | None = None, subscribed: asyncio.Event | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        def count() -> None:
+            self.subscriptions += 1
+            if subscribed is not None:
+                subscribed.set()
+
+        return super().events(types, subscribed=_Handshake(count))
+
+
+def read_sse_until_subscribed(sock: socket.socket, timeout: float = 10.0) -> bytes:
+    """Read a raw `/api/events` response from `sock` until its `subscribed` event (the
+    bytes read so far are returned); AssertionError when it does not come in `timeout`."""
+    sock.settimeout(timeout)
+    received = b""
+    try:
+        while b"event: subscribed" not in received:
+            chunk = sock.recv(4096)
+            if not chunk:
+                raise AssertionError(f"/api/events closed before `subscribed`: {received!r}")
+            received += chunk
+    except TimeoutError:
+        raise AssertionError(
+            f"no `subscribed` event on /api/events within {timeout} s (read: {received!r})"
+        ) from None
+    finally:
+        sock.settimeout(None)
+    return received

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+from typing import Any
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -42,14 +46,14 @@ def test_two_parts_are_namespace_and_name_on_the_default_host() -> None:
     )
 
 
-def test_huggingface_name_keeps_org_repo_and_quant_tag() -> None:
-    name = ModelName.parse("hf.co/bartowski/SmolLM2-135M-Instruct-GGUF:Q4_K_M")
+def test_huggingface_name_keeps_org_repo_and_quant_tag_in_their_case() -> None:
+    name = ModelName.parse("HF.co/bartowski/SmolLM2-135M-Instruct-GGUF:Q4_K_M")
     assert name.is_huggingface
     assert name.host == "hf.co"
     assert name.namespace == "bartowski"
-    assert name.name == "smollm2-135m-instruct-gguf"
+    assert name.name == "SmolLM2-135M-Instruct-GGUF"
     assert name.tag == "Q4_K_M"
-    assert name.display() == "hf.co/bartowski/smollm2-135m-instruct-gguf:Q4_K_M"
+    assert name.display() == "hf.co/bartowski/SmolLM2-135M-Instruct-GGUF:Q4_K_M"
 
 
 def test_default_registry_names_are_not_huggingface() -> None:
@@ -80,10 +84,33 @@ def test_display_round_trips_through_parse() -> None:
         assert ModelName.parse(name.display()) == name
 
 
-def test_names_are_case_insensitive_but_tags_keep_their_case() -> None:
+def test_names_match_case_insensitively_and_display_as_typed() -> None:
     name = ModelName.parse("Team/Llama3:Q4_K_M")
-    assert name == ModelName.parse("team/llama3:Q4_K_M")
-    assert (name.namespace, name.name, name.tag) == ("team", "llama3", "Q4_K_M")
+    other = ModelName.parse("team/llama3:q4_k_m")
+    assert name == other
+    assert hash(name) == hash(other)
+    assert {name: "x"}[other] == "x"
+    assert not name < other and not other < name
+    assert (name.namespace, name.name, name.tag) == ("Team", "Llama3", "Q4_K_M")
+    assert name.display() == "Team/Llama3:Q4_K_M"
+    assert other.display() == "team/llama3:q4_k_m"
+
+
+def test_the_manifest_path_keeps_the_case_and_the_key_folds_it() -> None:
+    upper = ModelName.parse("HF.co/Org/Repo-GGUF:Q4_K_M")
+    assert upper.path_parts() == ("hf.co", "Org", "Repo-GGUF", "Q4_K_M")
+    assert upper.key() == ("hf.co", "org", "repo-gguf", "q4_k_m")
+
+
+def test_default_parts_in_another_case_are_left_out_of_the_display() -> None:
+    assert ModelName.parse("Library/Llama3").display() == "Llama3:latest"
+    assert ModelName.parse("Library/Llama3") == ModelName.parse("llama3")
+
+
+def test_different_names_stay_different_and_sort_case_insensitively() -> None:
+    names = [ModelName.parse(n) for n in ("b:1", "A:1", "a:2")]
+    assert len(set(names)) == 3
+    assert [n.display() for n in sorted(names)] == ["A:1", "a:2", "b:1"]
 
 
 def test_surrounding_whitespace_is_ignored() -> None:
@@ -241,8 +268,10 @@ def test_any_accepted_name_maps_to_safe_path_parts(text: str) -> None:
         assert ".." not in part
         assert part not in (".", "..")
         assert part.isascii()
-    # The canonical form parses back to the same name.
-    assert ModelName.parse(name.display()) == name
+    # The canonical form parses back to the same name, in the same case.
+    again = ModelName.parse(name.display())
+    assert again == name
+    assert again.display() == name.display()
 
 
 @settings(max_examples=200, deadline=None)
@@ -256,3 +285,93 @@ def test_any_accepted_digest_is_64_lowercase_hex(text: str) -> None:
     assert algorithm == "sha256"
     assert len(hexpart) == 64
     assert set(hexpart) <= set("0123456789abcdef")
+
+
+# ---- names in the store: typed case kept, matched case-insensitively -----------------------
+
+
+def _stored(store: Any, path: Path, text: str) -> ModelName:
+    name = ModelName.parse(text)
+    store.create_model(name, store.import_file(path))
+    return name
+
+
+def _manifest_at(store: Any, source: ModelName, parts: tuple[str, str, str, str]) -> Path:
+    """`source`'s manifest written at another path, as an older store may hold it."""
+    path = store.manifests_dir.joinpath(*parts)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(store._manifest_path(source).read_bytes())
+    return path
+
+
+def test_a_model_is_found_in_any_case_and_listed_as_typed(store: Any, tiny_model: Any) -> None:
+    name = _stored(store, tiny_model("a"), "Team/Tiny-Model:Q4_K_M")
+    found = store.get(ModelName.parse("team/tiny-model:q4_k_m"))
+    assert found.name.display() == "Team/Tiny-Model:Q4_K_M"
+    assert [m.name.display() for m in store.list()] == ["Team/Tiny-Model:Q4_K_M"]
+    path = store.manifests_dir / "registry.localserve" / "Team" / "Tiny-Model" / "Q4_K_M"
+    assert path.is_file() and found.digest == store.get(name).digest
+
+
+def test_creating_in_another_case_replaces_the_model(store: Any, tiny_model: Any) -> None:
+    _stored(store, tiny_model("a"), "tiny:Q8_0")
+    _stored(store, tiny_model("b"), "TINY:q8_0")
+    listed = store.list()
+    assert [m.name.display() for m in listed] == ["TINY:q8_0"]
+    blob_b = "sha256:" + hashlib.sha256(tiny_model("b").read_bytes()).hexdigest()
+    assert listed[0].manifest.model_digest == blob_b
+    library = store.manifests_dir / "registry.localserve" / "library"
+    assert sorted(p.name for p in library.iterdir()) == ["TINY"]
+
+
+def test_copy_and_delete_ignore_case_and_a_copy_keeps_its_id(store: Any, tiny_model: Any) -> None:
+    _stored(store, tiny_model("a"), "Source:v1")
+    store.copy(ModelName.parse("source:V1"), ModelName.parse("Copy:V1"))
+    copied = store.get(ModelName.parse("copy:v1"))
+    assert copied.name.display() == "Copy:V1"
+    assert copied.digest == store.get(ModelName.parse("Source:v1")).digest
+    store.delete(ModelName.parse("COPY:v1"))
+    store.delete(ModelName.parse("SOURCE:V1"))
+    assert store.list() == []
+    assert list(store.blobs_dir.iterdir()) == []
+    assert list(store.manifests_dir.iterdir()) == []
+
+
+def test_an_older_stores_paths_are_still_found(store: Any, tiny_model: Any) -> None:
+    """No migration: older stores wrote `.../library/tiny/Q4_K_M` (name lower-cased)."""
+    current = _stored(store, tiny_model("a"), "scratch:latest")
+    older = _manifest_at(store, current, ("registry.localserve", "library", "tiny", "Q4_K_M"))
+    store.delete(current)  # its blob stays: the older manifest references it
+
+    found = store.get(ModelName.parse("Tiny:q4_k_m"))
+    assert found.name.display() == "tiny:Q4_K_M"  # as its path spells it
+    assert [m.name.display() for m in store.list()] == ["tiny:Q4_K_M"]
+    assert store.has_blob(found.manifest.model_digest)
+
+    store.copy(ModelName.parse("tiny:Q4_K_M"), ModelName.parse("tiny:q4_k_m"))  # respell it
+    assert not older.exists()
+    assert (older.parent / "q4_k_m").is_file()
+    assert [m.name.display() for m in store.list()] == ["tiny:q4_k_m"]
+
+
+def test_older_duplicates_in_two_cases_list_once_and_delete_together(
+    store: Any, tiny_model: Any
+) -> None:
+    """Older stores could hold `dup:q4_k_m` and `dup:Q4_K_M` as two manifests."""
+    lower = _stored(store, tiny_model("a"), "dup:q4_k_m")
+    other = _stored(store, tiny_model("b"), "other:latest")
+    upper = _manifest_at(store, other, ("registry.localserve", "library", "dup", "Q4_K_M"))
+    other_blob = store.get(other).manifest.model_digest
+    store.delete(other)
+
+    listed = store.list()
+    assert len(listed) == 1 and listed[0].name.display() in ("dup:q4_k_m", "dup:Q4_K_M")
+    assert store.get(lower).manifest.model_digest != other_blob  # each exact spelling
+    assert store.get(ModelName.parse("dup:Q4_K_M")).manifest.model_digest == other_blob
+    store.collect_garbage(grace_s=0)
+    assert store.has_blob(other_blob)  # the shadowed manifest still names it
+
+    store.delete(ModelName.parse("Dup:Q4_k_m"))
+    assert not upper.exists()
+    assert store.list() == []
+    assert list(store.blobs_dir.iterdir()) == []

@@ -77,6 +77,7 @@ def test_wheel_holds_cli_and_tui_under_localserve_only(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     assert "localserve/cli/app.py" in names
     assert "localserve/tui/__init__.py" in names
+    assert "localserve/store/catalog.toml" in names  # the catalog of familiar names
     assert "localserve/py.typed" in names
     assert not [n for n in names if n.startswith(("cli/", "tui/", "tests/"))]
     site = tmp_path / "site"

@@ -24,7 +24,7 @@ import asyncio
 import dataclasses
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from textual import work
 from textual.app import App, ScreenStackError, SystemCommand
@@ -43,10 +43,11 @@ from localserve.tui.screens import (
     MonitorScreen,
     UnreachableScreen,
 )
-from localserve.tui.source import JSON, DataSource
+from localserve.tui.source import DataSource
 from localserve.tui.state import MonitorState
 from localserve.tui.widgets import MODE_KEYS
 
+T = TypeVar("T")
 REFRESH_STEPS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
 DEFAULT_REFRESH = 0.5
 PS_INTERVAL_S = 1.0  # /api/ps at least this often while connected
@@ -208,7 +209,7 @@ class LocalserveApp(App[None]):
         if isinstance(screen, MonitorScreen):
             screen.refresh_from_state()
 
-    async def _background_read(self, call: Awaitable[list[JSON]]) -> list[JSON] | None:
+    async def _background_read(self, call: Awaitable[T]) -> T | None:
         """A poll's answer; None when it failed (no daemon: the unreachable screen shows)."""
         try:
             return await call

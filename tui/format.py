@@ -7,7 +7,7 @@ same way.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 
 from rich.text import Text
@@ -81,7 +81,7 @@ def ms_text(value: float | None) -> str:
     return f"{value:.0f} ms"
 
 
-def until_text(model: dict[str, object], now: float) -> str:
+def until_text(model: Mapping[str, object], now: float) -> str:
     if model.get("state") == "stopping":
         return "Stopping..."
     expires = model.get("expires_at")

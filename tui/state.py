@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from localserve.api.payloads import PsModel, TagsModel
+
 JSON = dict[str, Any]
 
 HISTORY = 60  # points per sparkline (one per system sample: a minute)
@@ -105,8 +107,8 @@ class MonitorState:
     sections: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SECTIONS, 0))
     connected: bool = False
     daemon_version: str = ""
-    running: list[JSON] = field(default_factory=list)  # /api/ps models
-    installed: list[JSON] = field(default_factory=list)  # /api/tags models
+    running: list[PsModel] = field(default_factory=list)  # /api/ps models, as they came
+    installed: list[TagsModel] = field(default_factory=list)  # /api/tags models
     installed_version: int = 0
     active: dict[str, ActiveRequest] = field(default_factory=dict)
     rate_history: dict[str, deque[float]] = field(default_factory=dict)
@@ -132,12 +134,12 @@ class MonitorState:
     def changed_since(self, seen: dict[str, int]) -> set[str]:
         return {name for name, count in self.sections.items() if seen.get(name) != count}
 
-    def set_running(self, models: list[JSON]) -> None:
+    def set_running(self, models: list[PsModel]) -> None:
         if models != self.running:
             self.running = models
             self.touch("running")
 
-    def set_installed(self, models: list[JSON]) -> None:
+    def set_installed(self, models: list[TagsModel]) -> None:
         if models != self.installed:
             self.installed = models
             self.installed_version += 1
@@ -262,7 +264,7 @@ class MonitorState:
     def _on_load_progress(self, event: JSON) -> None:
         self.loading[str(event.get("model", ""))] = float(event.get("progress") or 0.0)
 
-    def load_progress(self, model: JSON) -> float:
+    def load_progress(self, model: PsModel) -> float:
         """How far a loading model is (from events, else from /api/ps)."""
         name = str(model.get("name") or model.get("model"))
         return self.loading.get(name, float(model.get("load_progress") or 0.0))

@@ -1,49 +1,60 @@
-"""Ollama-compatible routes under /api/ (same field names, NDJSON streaming)."""
+"""Ollama's dialect under /api/ (same field names, NDJSON streaming): each route
+translates its body into a service request and the service's answer into Ollama's shape.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import hashlib
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
 from localserve import __version__
-from localserve.errors import (
-    BadRequestError,
-    LocalserveError,
-    NotFoundError,
-    TooLargeError,
+from localserve.api.payloads import ModelDetails, PsModel, PsResponse, ShowResponse, TagsModel
+from localserve.api.requests import (
+    embedding_inputs,
+    inference_of,
+    model_field,
+    models_of,
+    read_json,
 )
-from localserve.names import ModelName, parse_digest
-from localserve.runner.protocol import Frame
-from localserve.service.inference import ResolvedModel, closing
+from localserve.api.streaming import NDJSON, drain, stream
+from localserve.errors import BadRequestError, NotFoundError
+from localserve.service.go_template import is_go_template, translate_go_template
+from localserve.service.inference import (
+    EmbeddingRequest,
+    Finished,
+    GenerationEvent,
+    GenerationRequest,
+    Thinking,
+    Token,
+    ToolCalls,
+    collect,
+)
+from localserve.service.modelfile import (
+    Modelfile,
+    ModelfileMessage,
+    modelfile_to_create_request,
+    parse_modelfile,
+    render_modelfile,
+)
+from localserve.service.models import CreateRequest
 from localserve.service.options import (
     get_bool,
+    get_int,
     get_str,
     parse_format,
     parse_keep_alive,
     parse_options,
-    require_object,
 )
-from localserve.service.prompts import check_template, validate_messages
+from localserve.service.prompts import validate_messages
+from localserve.service.thinking import THINK_LEVELS
+from localserve.service.tools import ToolCall, template_supports_tools, validate_tools
 from localserve.store.gguf_facts import ModelFacts
 from localserve.store.store import StoredModel
-
-if TYPE_CHECKING:
-    from localserve.api.app import Daemon
-
-DAEMON_KEY: web.AppKey[Daemon] = web.AppKey("daemon")
-FOREVER_YEAR_CUTOFF = 2200
-
-
-def daemon_of(request: web.Request) -> Daemon:
-    return request.app[DAEMON_KEY]
 
 
 def now_iso() -> str:
@@ -54,25 +65,7 @@ def iso(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
 
 
-async def read_json(request: web.Request) -> dict[str, Any]:
-    try:
-        body = await request.json()
-    except json.JSONDecodeError as exc:
-        raise BadRequestError(f"invalid JSON body: {exc.msg} at position {exc.pos}") from exc
-    except UnicodeDecodeError as exc:
-        raise BadRequestError("request body is not UTF-8") from exc
-    return require_object(body)
-
-
-def model_field(body: dict[str, Any]) -> str:
-    """Ollama accepts `model` and the older `name`."""
-    value = get_str(body, "model") or get_str(body, "name")
-    if not value:
-        raise BadRequestError("missing field 'model'")
-    return value
-
-
-def details_of(facts: ModelFacts) -> dict[str, Any]:
+def details_of(facts: ModelFacts) -> ModelDetails:
     return {
         "parent_model": "",
         "format": "gguf",
@@ -83,7 +76,7 @@ def details_of(facts: ModelFacts) -> dict[str, Any]:
     }
 
 
-def model_entry(stored: StoredModel) -> dict[str, Any]:
+def model_entry(stored: StoredModel) -> TagsModel:
     name = stored.name.display()
     return {
         "name": name,
@@ -95,257 +88,226 @@ def model_entry(stored: StoredModel) -> dict[str, Any]:
     }
 
 
-def timing_fields(frame: Frame) -> dict[str, Any]:
-    return {
-        "done_reason": frame.get("done_reason", "stop"),
-        "total_duration": frame.get("total_duration", 0),
-        "load_duration": frame.get("load_duration", 0),
-        "prompt_eval_count": frame.get("prompt_eval_count", 0),
-        "prompt_eval_duration": frame.get("prompt_eval_duration", 0),
-        "eval_count": frame.get("eval_count", 0),
-        "eval_duration": frame.get("eval_duration", 0),
-    }
-
-
-async def ndjson_response(
-    request: web.Request, items: AsyncIterator[dict[str, Any]], *, hold: int = 1
-) -> web.StreamResponse:
-    """Stream NDJSON. The first `hold` items are awaited before the headers go out, so an
-    error before them gets its real HTTP status; a later error becomes an {"error"} line.
-    """
-    async with closing(items):
-        held: list[dict[str, Any]] = []
-        while len(held) < hold and (item := await anext(items, None)) is not None:
-            held.append(item)
-        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
-        await response.prepare(request)
-        for item in held:
-            await response.write(json.dumps(item).encode() + b"\n")
-        try:
-            async for item in items:
-                await response.write(json.dumps(item).encode() + b"\n")
-        except (ConnectionResetError, asyncio.CancelledError):
-            raise
-        except Exception as exc:
-            message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-            code = getattr(exc, "code", "internal_error")
-            await response.write(json.dumps({"error": message, "code": code}).encode() + b"\n")
-        await response.write_eof()
-        return response
-
-
-async def _collect(items: AsyncIterator[dict[str, Any]], merge: Callable[..., None]) -> None:
-    async with closing(items):
-        async for item in items:
-            merge(item)
-
-
 # ---- generate / chat ---------------------------------------------------------------------
 
 
-async def _load_or_unload(
-    request: web.Request, model: ResolvedModel, keep_alive: float | None, chat: bool
-) -> web.Response:
-    daemon = daemon_of(request)
-    base: dict[str, Any] = {"model": model.name, "created_at": now_iso(), "done": True}
+def _generation_request(body: dict[str, Any], *, chat: bool) -> GenerationRequest | None:
+    """The body as a service request; None for Ollama's load/unload (no prompt)."""
+    options = parse_options(body.get("options"))
+    common: dict[str, Any] = {
+        "model": model_field(body),
+        "options": options,
+        "format": parse_format(body.get("format")),
+        "keep_alive_s": parse_keep_alive(body.get("keep_alive")),
+        "think": _think(body.get("think")),
+    }
     if chat:
-        base["message"] = {"role": "assistant", "content": ""}
-    else:
-        base["response"] = ""
-    if keep_alive == 0:
-        await daemon.scheduler.unload(model.stored.name)
-        return web.json_response({**base, "done_reason": "unload"})
-    load_ns = await daemon.service.load(model, keep_alive)
-    return web.json_response({**base, "done_reason": "load", "load_duration": load_ns})
-
-
-async def _generation(
-    request: web.Request,
-    model: ResolvedModel,
-    prompt: str,
-    body: dict[str, Any],
-    *,
-    chat: bool,
-) -> web.StreamResponse:
-    daemon = daemon_of(request)
-    keep_alive = parse_keep_alive(body.get("keep_alive"))
-    fmt = parse_format(body.get("format"))
-    stream = get_bool(body, "stream", True)
-    frames = daemon.service.generate(
-        model, prompt, fmt=fmt, keep_alive_s=keep_alive, endpoint="chat" if chat else "generate"
+        messages = validate_messages(body.get("messages", []))
+        if not messages:
+            return None
+        tools = validate_tools(body["tools"]) if body.get("tools") else None
+        return GenerationRequest(endpoint="chat", messages=messages, tools=tools, **common)
+    if body.get("images"):
+        raise BadRequestError("images are not supported by this model runner")
+    prompt = get_str(body, "prompt") or ""
+    suffix = get_str(body, "suffix")
+    if not prompt and not suffix:
+        return None
+    return GenerationRequest(
+        endpoint="generate",
+        prompt=prompt,
+        suffix=suffix or None,
+        template=get_str(body, "template") or None,
+        system=get_str(body, "system"),
+        raw=get_bool(body, "raw", False),
+        **common,
     )
 
-    def chunk(frame: Frame) -> dict[str, Any]:
-        item: dict[str, Any] = {"model": model.name, "created_at": now_iso()}
-        done = frame.get("event") == "done"
-        text = "" if done else str(frame.get("text", ""))
-        if chat:
+
+def _think(raw: Any) -> bool | str | None:
+    """Ollama's `think`: true, false, or a level ("low", "medium", "high")."""
+    if raw is None or isinstance(raw, bool) or raw in THINK_LEVELS:
+        return raw  # type: ignore[no-any-return]
+    raise BadRequestError(f"think must be true, false or one of {', '.join(THINK_LEVELS)}")
+
+
+class _Chunks:
+    """Ollama's chunks of one answer: `response` (generate) or `message` (chat), with
+    `thinking` apart."""
+
+    def __init__(self, model: str, chat: bool) -> None:
+        self.model = model
+        self.chat = chat
+
+    def text(self, text: str, *, done: bool = False, thinking: str = "") -> dict[str, Any]:
+        item: dict[str, Any] = {"model": self.model, "created_at": now_iso()}
+        if self.chat:
             item["message"] = {"role": "assistant", "content": text}
+            if thinking:
+                item["message"]["thinking"] = thinking
         else:
             item["response"] = text
+            if thinking:
+                item["thinking"] = thinking
         item["done"] = done
-        if done:
-            item.update(timing_fields(frame))
-            if not chat:
-                item["context"] = []
         return item
 
-    async def items() -> AsyncIterator[dict[str, Any]]:
-        async with closing(frames):
-            async for frame in frames:
-                yield chunk(frame)
+    def final(
+        self,
+        finished: Finished,
+        text: str = "",
+        calls: list[ToolCall] | None = None,
+        thinking: str = "",
+    ) -> dict[str, Any]:
+        """The done chunk; it carries the answer's tool calls, as Ollama's does."""
+        item = self.text(text, done=True, thinking=thinking)
+        if calls:
+            item["message"]["tool_calls"] = [call.to_ollama() for call in calls]
+        item.update(finished.timings())
+        if not self.chat:
+            item["context"] = []
+        return item
 
-    if stream:
-        return await ndjson_response(request, items())
-    parts: list[str] = []
-    final: dict[str, Any] = {}
+    async def stream(self, events: AsyncIterator[GenerationEvent]) -> AsyncIterator[Any]:
+        calls: list[ToolCall] = []
+        async for event in events:
+            if isinstance(event, Token):
+                yield self.text(event.text)
+            elif isinstance(event, Thinking):
+                yield self.text("", thinking=event.text)
+            elif isinstance(event, ToolCalls):
+                calls.extend(event.calls)
+            else:
+                yield self.final(event, calls=calls)
 
-    def merge(item: dict[str, Any]) -> None:
-        nonlocal final
-        if item["done"]:
-            final = item
-        else:
-            parts.append(item["message"]["content"] if chat else item["response"])
 
-    await _collect(items(), merge)
-    if chat:
-        final["message"] = {"role": "assistant", "content": "".join(parts)}
-    else:
-        final["response"] = "".join(parts)
+async def _generation(request: web.Request, *, chat: bool) -> web.StreamResponse:
+    body = await read_json(request)
+    generation = _generation_request(body, chat=chat)
+    if generation is None:
+        return await _load_or_unload(request, body, chat)
+    started = await inference_of(request).start(generation)
+    chunks = _Chunks(started.model_name, chat)
+    if get_bool(body, "stream", True):
+        return await stream(request, chunks.stream(started.events()), NDJSON)
+    answer = await collect(started.events())
+    final = chunks.final(answer.finished, answer.text, answer.calls, answer.thinking)
     return web.json_response(final)
 
 
-async def generate(request: web.Request) -> web.StreamResponse:
-    body = await read_json(request)
-    daemon = daemon_of(request)
-    options = parse_options(body.get("options"))
-    model = await daemon.service.resolve(model_field(body), options)
-    prompt = get_str(body, "prompt") or ""
-    if body.get("images"):
-        raise BadRequestError("images are not supported by this model runner")
-    if not prompt:
-        return await _load_or_unload(
-            request, model, parse_keep_alive(body.get("keep_alive")), False
+async def _load_or_unload(request: web.Request, body: dict[str, Any], chat: bool) -> web.Response:
+    """Ollama's empty prompt: load the model (or unload it with keep_alive 0)."""
+    inference = inference_of(request)
+    raw_name = model_field(body)
+    keep_alive = parse_keep_alive(body.get("keep_alive"))
+    if keep_alive == 0:
+        name = await inference.unload(raw_name)
+        return web.json_response(
+            {**_Chunks(name, chat).text("", done=True), "done_reason": "unload"}
         )
-    raw = get_bool(body, "raw", False)
-    full_prompt = daemon.service.generate_prompt(model, prompt, get_str(body, "system"), raw)
-    return await _generation(request, model, full_prompt, body, chat=False)
+    name, load_ns = await inference.load(raw_name, parse_options(body.get("options")), keep_alive)
+    base = _Chunks(name, chat).text("", done=True)
+    return web.json_response({**base, "done_reason": "load", "load_duration": load_ns})
+
+
+async def generate(request: web.Request) -> web.StreamResponse:
+    return await _generation(request, chat=False)
 
 
 async def chat(request: web.Request) -> web.StreamResponse:
-    body = await read_json(request)
-    daemon = daemon_of(request)
-    options = parse_options(body.get("options"))
-    model = await daemon.service.resolve(model_field(body), options)
-    messages = validate_messages(body.get("messages", []))
-    if not messages:
-        return await _load_or_unload(request, model, parse_keep_alive(body.get("keep_alive")), True)
-    prompt = daemon.service.chat_prompt(model, messages)
-    return await _generation(request, model, prompt, body, chat=True)
+    return await _generation(request, chat=True)
 
 
 # ---- embeddings -----------------------------------------------------------------------------
 
 
-def embedding_inputs(raw: Any) -> list[str]:
-    if isinstance(raw, str):
-        return [raw]
-    if isinstance(raw, list) and all(isinstance(x, str) for x in raw):
-        return list(raw)
-    raise BadRequestError("input must be a string or a list of strings")
-
-
 async def embed(request: web.Request) -> web.Response:
     body = await read_json(request)
-    daemon = daemon_of(request)
-    model = await daemon.service.resolve(model_field(body), parse_options(body.get("options")))
     started = time.perf_counter_ns()
-    vectors, count, load_ns = await daemon.service.embed(
-        model,
-        embedding_inputs(body.get("input")),
-        truncate=get_bool(body, "truncate", True),
-        normalize=True,
-        keep_alive_s=parse_keep_alive(body.get("keep_alive")),
+    result = await inference_of(request).embed(
+        EmbeddingRequest(
+            model=model_field(body),
+            inputs=embedding_inputs(body.get("input")),
+            options=parse_options(body.get("options")),
+            truncate=get_bool(body, "truncate", True),
+            keep_alive_s=parse_keep_alive(body.get("keep_alive")),
+            dimensions=get_int(body, "dimensions"),
+        )
     )
     return web.json_response(
         {
-            "model": model.name,
-            "embeddings": vectors,
+            "model": result.model,
+            "embeddings": result.vectors,
             "total_duration": time.perf_counter_ns() - started,
-            "load_duration": load_ns,
-            "prompt_eval_count": count,
+            "load_duration": result.load_duration,
+            "prompt_eval_count": result.prompt_eval_count,
         }
     )
 
 
 async def embeddings_legacy(request: web.Request) -> web.Response:
     body = await read_json(request)
-    daemon = daemon_of(request)
-    model = await daemon.service.resolve(model_field(body), parse_options(body.get("options")))
+    inference = inference_of(request)
+    raw_name = model_field(body)
+    options = parse_options(body.get("options"))
     prompt = get_str(body, "prompt") or ""
     if not prompt:
+        await inference.resolve(raw_name, options)  # an unknown model is still a 404
         return web.json_response({"embedding": []})
-    vectors, _, _ = await daemon.service.embed(
-        model,
-        [prompt],
-        truncate=True,
-        normalize=False,
-        keep_alive_s=parse_keep_alive(body.get("keep_alive")),
+    result = await inference.embed(
+        EmbeddingRequest(
+            model=raw_name,
+            inputs=[prompt],
+            options=options,
+            normalize=False,
+            keep_alive_s=parse_keep_alive(body.get("keep_alive")),
+        )
     )
-    return web.json_response({"embedding": vectors[0]})
+    return web.json_response({"embedding": result.vectors[0]})
 
 
 # ---- model management ---------------------------------------------------------------------
 
 
 async def tags(request: web.Request) -> web.Response:
-    models = await asyncio.to_thread(daemon_of(request).store.list)
+    models = await models_of(request).list()
     return web.json_response({"models": [model_entry(m) for m in models]})
 
 
 async def ps(request: web.Request) -> web.Response:
-    daemon = daemon_of(request)
-    snapshot = daemon.scheduler.snapshot()
+    models = models_of(request)
+    snapshot = models.running()
     # The same ID as /api/tags: the manifest's digest (the blob's if it was deleted).
-    digests = await asyncio.to_thread(_manifest_digests, daemon, [r["model"] for r in snapshot])
-    rows = []
-    for row in snapshot:
-        rows.append(
-            {
-                "name": row["model"],
-                "model": row["model"],
-                "size": row["size"],
-                "digest": digests.get(row["model"], row["digest"]).removeprefix("sha256:"),
-                "details": details_of(row["facts"]),
-                "expires_at": iso(row["expires_at"]) if row["expires_at"] else now_iso(),
-                "size_vram": row["size_vram"],
-                "gpu_layers": row["gpu_layers"],
-                "context_length": row["context_length"],
-                "state": row["state"],
-                "load_progress": row["load_progress"],
-                "in_flight": row["in_flight"],
-                "slots": row["slots"],
-                "slots_busy": row["slots_busy"],
-                "queue_depth": row["queue_depth"],
-                "pid": row["pid"],
-                "threads": row["threads"],
-            }
-        )
-    return web.json_response({"models": rows})
-
-
-def _manifest_digests(daemon: Daemon, names: list[str]) -> dict[str, str]:
-    found = {}
-    for name in names:
-        with contextlib.suppress(LocalserveError):
-            found[name] = daemon.store.get(ModelName.parse(name)).digest
-    return found
+    digests = await models.manifest_digests([r["model"] for r in snapshot])
+    rows: list[PsModel] = [
+        {
+            "name": row["model"],
+            "model": row["model"],
+            "size": row["size"],
+            "digest": digests.get(row["model"], row["digest"]).removeprefix("sha256:"),
+            "details": details_of(row["facts"]),
+            "expires_at": iso(row["expires_at"]) if row["expires_at"] else now_iso(),
+            "size_vram": row["size_vram"],
+            "gpu_layers": row["gpu_layers"],
+            "context_length": row["context_length"],
+            "state": row["state"],
+            "load_progress": row["load_progress"],
+            "in_flight": row["in_flight"],
+            "slots": row["slots"],
+            "slots_busy": row["slots_busy"],
+            "queue_depth": row["queue_depth"],
+            "pid": row["pid"],
+            "threads": row["threads"],
+        }
+        for row in snapshot
+    ]
+    answer: PsResponse = {"models": rows}
+    return web.json_response(answer)
 
 
 async def show(request: web.Request) -> web.Response:
     body = await read_json(request)
-    daemon = daemon_of(request)
-    stored = await asyncio.to_thread(daemon.store.get, ModelName.parse(model_field(body)))
+    stored = await models_of(request).get(model_field(body))
     manifest = stored.manifest
     facts = manifest.facts
     parameters = "\n".join(
@@ -357,50 +319,57 @@ async def show(request: web.Request) -> web.Response:
     info = dict(facts.metadata)
     info["general.parameter_count"] = facts.parameter_count
     capabilities = ["completion"] + (["embedding"] if facts.pooling else [])
-    return web.json_response(
-        {
-            "license": str(facts.metadata.get("general.license", "")),
-            "modelfile": _modelfile(stored, template, parameters),
-            "parameters": parameters,
-            "template": template,
-            "system": manifest.system or "",
-            "details": details_of(manifest.facts),
-            "model_info": info,
-            "capabilities": capabilities,
-            "modified_at": stored.modified_at.isoformat().replace("+00:00", "Z"),
-            "source": manifest.source,
-        }
+    if template_supports_tools(template):
+        capabilities.append("tools")
+    if facts.fim_tokens:
+        capabilities.append("insert")
+    answer: ShowResponse = {
+        "license": "\n\n".join(manifest.license) or str(facts.metadata.get("general.license", "")),
+        "modelfile": _modelfile(stored, template),
+        "parameters": parameters,
+        "template": manifest.template_source or template,
+        "system": manifest.system or "",
+        "details": details_of(manifest.facts),
+        "model_info": info,
+        "capabilities": capabilities,
+        "modified_at": stored.modified_at.isoformat().replace("+00:00", "Z"),
+        "source": manifest.source,
+        "messages": manifest.messages,
+    }
+    return web.json_response(answer)
+
+
+def _modelfile(stored: StoredModel, template: str) -> str:
+    """A Modelfile that `create` reads back (FROM the blob's digest)."""
+    manifest, name = stored.manifest, stored.name.display()
+    modelfile = Modelfile(
+        from_=manifest.model_digest,
+        template=manifest.template_source or template or None,
+        system=manifest.system,
+        parameters=dict(manifest.parameters),
+        messages=[ModelfileMessage(m["role"], m["content"]) for m in manifest.messages],
+        licenses=list(manifest.license),
     )
-
-
-def _modelfile(stored: StoredModel, template: str, parameters: str) -> str:
-    lines = [
-        f"# Modelfile generated by localserve for {stored.name.display()}",
-        f"FROM {stored.manifest.model_digest}",
-    ]
-    if template:
-        lines.append(f'TEMPLATE """{template}"""')
-    if stored.manifest.system:
-        lines.append(f'SYSTEM """{stored.manifest.system}"""')
-    lines.extend(f"PARAMETER {line}" for line in parameters.splitlines())
-    return "\n".join(lines) + "\n"
+    return render_modelfile(
+        modelfile,
+        header=(
+            f"Modelfile generated by localserve for {name}\n"
+            f"To build a new Modelfile based on this one, replace FROM with:\nFROM {name}"
+        ),
+    )
 
 
 async def copy(request: web.Request) -> web.Response:
     body = await read_json(request)
-    source = ModelName.parse(get_str(body, "source", required=True))
-    destination = ModelName.parse(get_str(body, "destination", required=True))
-    await asyncio.to_thread(daemon_of(request).store.copy, source, destination)
+    source = get_str(body, "source", required=True) or ""
+    destination = get_str(body, "destination", required=True) or ""
+    await models_of(request).copy(source, destination)
     return web.Response(status=200)
 
 
 async def delete(request: web.Request) -> web.Response:
     body = await read_json(request)
-    daemon = daemon_of(request)
-    name = ModelName.parse(model_field(body))
-    await asyncio.to_thread(daemon.store.get, name)  # 404 before touching anything
-    await daemon.scheduler.unload(name)
-    await asyncio.to_thread(daemon.store.delete, name)
+    await models_of(request).delete(model_field(body))
     return web.Response(status=200)
 
 
@@ -416,142 +385,100 @@ async def root(request: web.Request) -> web.Response:
 
 
 async def blob_head(request: web.Request) -> web.Response:
-    digest = parse_digest(request.match_info["digest"])
-    if await asyncio.to_thread(daemon_of(request).store.has_blob, digest):
+    digest = request.match_info["digest"]
+    if await models_of(request).has_blob(digest):
         return web.Response(status=200)
     raise NotFoundError(f"blob {digest} not found")
 
 
 async def blob_upload(request: web.Request) -> web.Response:
-    """Stream the body into the store, verify it against the digest in the URL."""
-    daemon = daemon_of(request)
-    expected = parse_digest(request.match_info["digest"])
-    store = daemon.store
-    if await asyncio.to_thread(store.has_blob, expected):
+    """Stream the body into the store, verified against the digest in the URL."""
+    created = await models_of(request).upload_blob(
+        request.match_info["digest"],
+        request.content.iter_chunked(1024 * 1024),
+        request.content_length,
+    )
+    if not created:
         await request.release()
-        return web.Response(status=200)
-    limit = daemon.settings.max_blob_bytes
-    if request.content_length is not None and request.content_length > limit:
-        raise TooLargeError(f"blob larger than the limit of {limit} bytes")
-    hasher = hashlib.sha256()
-    size = 0
-    with store.temp_file() as (path, handle):
-        async for chunk in request.content.iter_chunked(1024 * 1024):
-            size += len(chunk)
-            if size > limit:
-                raise TooLargeError(f"blob larger than the limit of {limit} bytes")
-            hasher.update(chunk)
-            await asyncio.to_thread(handle.write, chunk)
-        await asyncio.to_thread(_flush_and_sync, handle)
-        actual = f"sha256:{hasher.hexdigest()}"
-        await asyncio.to_thread(store.register_blob, path, actual, expected)
-    return web.Response(status=201)
+    return web.Response(status=201 if created else 200)
 
 
-def _flush_and_sync(handle: Any) -> None:
-    import os
-
-    handle.flush()
-    os.fsync(handle.fileno())
-
-
-async def create(request: web.Request) -> web.StreamResponse:
-    body = await read_json(request)
-    daemon = daemon_of(request)
-    name = ModelName.parse(model_field(body))
-    stream = get_bool(body, "stream", True)
+def _create_request(body: dict[str, Any]) -> CreateRequest:
     if body.get("quantize"):
         raise BadRequestError("quantize is not supported: create from an already quantized GGUF")
     if body.get("adapters"):
         raise BadRequestError("adapters are not supported")
-    if body.get("modelfile"):
-        raise BadRequestError(
-            "modelfile is not supported; send 'files' (uploaded blobs) or 'from' instead"
-        )
-    template = get_str(body, "template")
-    if template is not None:
-        check_template(template)
-    system = get_str(body, "system")
+    text = body.get("modelfile")
+    if text is not None:
+        if not isinstance(text, str):
+            raise BadRequestError("field 'modelfile' must be a string")
+        from_modelfile = modelfile_to_create_request(parse_modelfile(text))
+        sent = {k: v for k, v in body.items() if k != "modelfile" and v is not None}
+        body = {**from_modelfile, **sent}  # fields sent beside the Modelfile win
     raw_parameters = body.get("parameters")
     if raw_parameters is not None and not isinstance(raw_parameters, dict):
         raise BadRequestError("parameters must be an object")
-    parameters = parse_options(raw_parameters) if raw_parameters else None
+    template = get_str(body, "template")
+    template_source = None
+    if template is not None and is_go_template(template):
+        template_source, template = template, translate_go_template(template)
+    raw_messages = body.get("messages")
+    messages = validate_messages(raw_messages) if raw_messages is not None else None
+    if messages and any(m["role"] not in ("system", "user", "assistant") for m in messages):
+        raise BadRequestError("messages roles must be system, user or assistant")
+    license_text = body.get("license")
+    licenses = [license_text] if isinstance(license_text, str) else license_text
+    if licenses is not None and not (
+        isinstance(licenses, list) and all(isinstance(x, str) for x in licenses)
+    ):
+        raise BadRequestError("field 'license' must be a string or a list of strings")
+    fields: dict[str, Any] = {
+        "name": model_field(body),
+        "template": template,
+        "template_source": template_source,
+        "system": get_str(body, "system"),
+        "parameters": parse_options(raw_parameters) if raw_parameters else None,
+        "messages": [{"role": m["role"], "content": m["content"]} for m in messages]
+        if messages is not None
+        else None,
+        "license": licenses,
+    }
     files = body.get("files")
-    source_name = get_str(body, "from")
-    store = daemon.store
-
     if files is not None:
         if not isinstance(files, dict) or not files:
             raise BadRequestError("files must be an object of file name -> digest")
         ggufs = [(k, v) for k, v in files.items() if str(k).lower().endswith(".gguf")]
         if len(ggufs) != 1 or len(files) != 1:
             raise BadRequestError("exactly one .gguf file is supported in files")
-        file_name, digest_text = ggufs[0]
-        digest = parse_digest(digest_text)
+        file_name, digest = ggufs[0]
+        if not isinstance(digest, str):
+            raise BadRequestError("files must map a file name to a digest string")
+        return CreateRequest(file_digest=digest, file_name=str(file_name), **fields)
+    source = get_str(body, "from")
+    if source is None:
+        raise BadRequestError(
+            "create needs 'files' (uploaded blobs), 'from' (a model) or 'modelfile'"
+        )
+    return CreateRequest(from_model=source, **fields)
 
-        async def from_blob() -> AsyncIterator[dict[str, Any]]:
-            # The GGUF is checked before the first line, so a bad file gets a real 400.
-            await asyncio.to_thread(
-                store.create_model,
-                name,
-                digest,
-                template=template,
-                system=system,
-                parameters=parameters,
-                source={"type": "upload", "file": str(file_name)},
-            )
-            yield {"status": "parsing GGUF"}
-            yield {"status": "writing manifest"}
-            yield {"status": "success"}
 
-        items = from_blob()
-    elif source_name is not None:
-        base = await asyncio.to_thread(store.get, ModelName.parse(source_name))
-
-        async def from_model() -> AsyncIterator[dict[str, Any]]:
-            manifest = base.manifest
-            await asyncio.to_thread(
-                store.create_model,
-                name,
-                manifest.model_digest,
-                template=template if template is not None else manifest.template,
-                system=system if system is not None else manifest.system,
-                parameters={**manifest.parameters, **(parameters or {})},
-                source={**manifest.source, "from": base.name.display()},
-            )
-            yield {"status": "writing manifest"}
-            yield {"status": "success"}
-
-        items = from_model()
-    else:
-        raise BadRequestError("create needs 'files' (uploaded blobs) or 'from' (a model)")
-
-    if stream:
-        return await ndjson_response(request, items)
-    await _collect(items, lambda item: None)
+async def create(request: web.Request) -> web.StreamResponse:
+    body = await read_json(request)
+    items = models_of(request).create(_create_request(body))
+    if get_bool(body, "stream", True):
+        return await stream(request, items, NDJSON)
+    await drain(items)
     return web.json_response({"status": "success"})
 
 
 async def pull(request: web.Request) -> web.StreamResponse:
     body = await read_json(request)
-    daemon = daemon_of(request)
-    raw_name = model_field(body)
-    name = ModelName.parse(raw_name)
-    stream = get_bool(body, "stream", True)
-    items = daemon.pull(name, raw_name)
-    if stream:
+    items = models_of(request).pull(model_field(body))
+    if get_bool(body, "stream", True):
         # Hold "pulling manifest" until the hub answered: unknown repos and quants get
         # their real status instead of an error line after a 200.
-        return await ndjson_response(request, items, hold=2)
+        return await stream(request, items, NDJSON, hold=2)
     last: dict[str, Any] = {}
-
-    def merge(item: dict[str, Any]) -> None:
+    for item in await drain(items):
         last.update(item)
-
-    await _collect(items, merge)
     return web.json_response({"status": last.get("status", "success")})
-
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-__all__ = ["DAEMON_KEY", "Handler"]

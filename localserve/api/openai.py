@@ -1,10 +1,11 @@
-"""OpenAI-compatible routes under /v1/ (SSE streaming, OpenAI's error shape)."""
+"""OpenAI's dialect, the /v1 sub-app (SSE streaming, OpenAI's error shape): each route
+translates its body into a service request and the service's events into OpenAI's
+chunks.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import json
 import struct
 import time
 import uuid
@@ -13,36 +14,44 @@ from typing import Any
 
 from aiohttp import web
 
-from localserve.api.ollama import daemon_of, embedding_inputs, read_json
+from localserve.api.requests import embedding_inputs, inference_of, models_of, read_json
+from localserve.api.streaming import OPENAI_SSE, stream
 from localserve.errors import BadRequestError
-from localserve.names import ModelName
-from localserve.runner.protocol import Frame
-from localserve.service.inference import ResolvedModel, closing
-from localserve.service.options import get_bool, get_str, parse_keep_alive, parse_options
+from localserve.service.inference import (
+    Answer,
+    EmbeddingRequest,
+    Finished,
+    Generation,
+    GenerationEvent,
+    GenerationRequest,
+    Thinking,
+    Token,
+    ToolCalls,
+    collect,
+)
+from localserve.service.options import (
+    get_bool,
+    get_int,
+    get_str,
+    parse_keep_alive,
+    parse_options,
+)
 from localserve.service.prompts import validate_messages
+from localserve.service.thinking import THINK_LEVELS
+from localserve.service.tools import (
+    ToolCall,
+    validate_parallel_tool_calls,
+    validate_tool_choice,
+    validate_tools,
+)
 
 FINISH_REASONS = {"stop": "stop", "length": "length", "cancel": "stop"}
 
 
-def openai_error(status: int, message: str, code: str | None = None) -> dict[str, Any]:
-    kinds = {
-        400: "invalid_request_error",
-        401: "authentication_error",
-        403: "permission_error",
-        404: "not_found_error",
-        413: "invalid_request_error",
-        422: "invalid_request_error",
-        503: "server_busy",
-        507: "insufficient_storage",
-    }
-    return {
-        "error": {
-            "message": message,
-            "type": kinds.get(status, "api_error"),
-            "param": None,
-            "code": code,
-        }
-    }
+def _finish_reason(finished: Finished, calls: list[ToolCall]) -> str:
+    if calls:
+        return "tool_calls"
+    return FINISH_REASONS.get(finished.done_reason, "stop")
 
 
 def _options(body: dict[str, Any]) -> dict[str, Any]:
@@ -85,145 +94,165 @@ def _response_format(body: dict[str, Any]) -> str | dict[str, Any] | None:
     raise BadRequestError("response_format.type must be text, json_object or json_schema")
 
 
-def _usage(frame: Frame) -> dict[str, int]:
-    prompt = int(frame.get("prompt_eval_count", 0))
-    completion = int(frame.get("eval_count", 0))
+def _usage(finished: Finished) -> dict[str, Any]:
+    """OpenAI's usage: `prompt_tokens` counts the whole prompt; the part read from the
+    prompt cache is in `prompt_tokens_details.cached_tokens`."""
+    prompt = max(finished.prompt_tokens, finished.prompt_eval_count)
+    completion = finished.eval_count
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": finished.cached_tokens},
     }
 
 
-async def _sse(request: web.Request, events: AsyncIterator[dict[str, Any]]) -> web.StreamResponse:
-    async with closing(events):
-        first = await anext(events, None)  # an error before it gets its real status
-        response = web.StreamResponse(
-            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-        )
-        await response.prepare(request)
-        if first is not None:
-            await response.write(b"data: " + json.dumps(first).encode() + b"\n\n")
-        try:
-            async for event in events:
-                await response.write(b"data: " + json.dumps(event).encode() + b"\n\n")
-        except (ConnectionResetError, asyncio.CancelledError):
-            raise
-        except Exception as exc:
-            message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-            error = openai_error(
-                getattr(exc, "status", 500), message, getattr(exc, "code", "internal_error")
-            )
-            await response.write(b"data: " + json.dumps(error).encode() + b"\n\n")
-        await response.write(b"data: [DONE]\n\n")
-        await response.write_eof()
-        return response
+def _reasoning_effort(body: dict[str, Any]) -> str | None:
+    """OpenAI's `reasoning_effort` as a thinking level ("minimal" counts as "low")."""
+    effort = body.get("reasoning_effort")
+    if effort is None:
+        return None
+    if effort == "minimal":
+        return "low"
+    if effort not in THINK_LEVELS:
+        raise BadRequestError("reasoning_effort must be minimal, low, medium or high")
+    return str(effort)
 
 
-async def _run(
-    request: web.Request,
-    model: ResolvedModel,
-    prompt: str,
-    body: dict[str, Any],
-    *,
-    chat: bool,
-) -> web.StreamResponse:
-    daemon = daemon_of(request)
-    stream = get_bool(body, "stream", False)
+def _include_usage(body: dict[str, Any]) -> bool:
     stream_options = body.get("stream_options")
     if stream_options is not None and not isinstance(stream_options, dict):
         raise BadRequestError("stream_options must be an object")
-    include_usage = bool((stream_options or {}).get("include_usage"))
-    frames = daemon.service.generate(
-        model,
-        prompt,
-        fmt=_response_format(body),
-        keep_alive_s=parse_keep_alive(body.get("keep_alive")),
-        endpoint="v1/chat/completions" if chat else "v1/completions",
-    )
-    ident = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
-    created = int(time.time())
-    base = {
-        "id": ident,
-        "object": "chat.completion.chunk" if chat else "text_completion",
-        "created": created,
-        "model": model.name,
-        "system_fingerprint": "fp_localserve",
-    }
+    return bool((stream_options or {}).get("include_usage"))
 
-    def choice(text: str | None, finish: str | None, first: bool) -> dict[str, Any]:
-        if chat:
+
+class _Completion:
+    """OpenAI's answer objects for one generation: chat (`chat.completion[.chunk]`,
+    `delta`/`message`) or legacy completions (`text_completion`, `text`)."""
+
+    def __init__(self, model: str, chat: bool) -> None:
+        self.chat = chat
+        self.base = {
+            "id": ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24],
+            "object": "chat.completion.chunk" if chat else "text_completion",
+            "created": int(time.time()),
+            "model": model,
+            "system_fingerprint": "fp_localserve",
+        }
+
+    def _chunk_choice(self, text: str | None, finish: str | None, first: bool) -> dict[str, Any]:
+        if self.chat:
             delta: dict[str, Any] = {"role": "assistant", "content": text} if first else {}
             if not first and text is not None:
                 delta = {"content": text}
             return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
         return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
 
-    if stream:
+    async def chunks(
+        self, events: AsyncIterator[GenerationEvent], include_usage: bool
+    ) -> AsyncIterator[dict[str, Any]]:
+        first = True
+        calls: list[ToolCall] = []
+        async for event in events:
+            if isinstance(event, Token):
+                yield {**self.base, "choices": [self._chunk_choice(event.text, None, first)]}
+                first = False
+                continue
+            if isinstance(event, Thinking):
+                delta: dict[str, Any] = {"reasoning_content": event.text}
+                if first:
+                    delta = {"role": "assistant", "content": None, **delta}
+                    first = False
+                choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}
+                yield {**self.base, "choices": [choice]}
+                continue
+            if isinstance(event, ToolCalls):
+                calls.extend(event.calls)
+                delta = {
+                    "tool_calls": [call.to_openai(index) for index, call in enumerate(event.calls)]
+                }
+                if first:
+                    delta = {"role": "assistant", "content": None, **delta}
+                    first = False
+                choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}
+                yield {**self.base, "choices": [choice]}
+                continue
+            finish = _finish_reason(event, calls)
+            closing = self._chunk_choice(None if self.chat else "", finish, False)
+            yield {**self.base, "choices": [closing]}
+            if include_usage:
+                yield {**self.base, "choices": [], "usage": _usage(event)}
 
-        async def events() -> AsyncIterator[dict[str, Any]]:
-            first = True
-            async with closing(frames):
-                async for frame in frames:
-                    if frame.get("event") == "done":
-                        finish = FINISH_REASONS.get(str(frame.get("done_reason")), "stop")
-                        yield {**base, "choices": [choice(None if chat else "", finish, False)]}
-                        if include_usage:
-                            yield {**base, "choices": [], "usage": _usage(frame)}
-                    else:
-                        yield {**base, "choices": [choice(str(frame.get("text", "")), None, first)]}
-                        first = False
-
-        return await _sse(request, events())
-
-    parts: list[str] = []
-    final: Frame = {}
-    async with closing(frames):
-        async for frame in frames:
-            if frame.get("event") == "done":
-                final = frame
+    def whole(self, answer: Answer) -> dict[str, Any]:
+        text, finished, calls = answer.text, answer.finished, answer.calls
+        finish = _finish_reason(finished, calls)
+        if self.chat:
+            message: dict[str, Any] = {"role": "assistant", "content": text or None}
+            if calls:
+                message["tool_calls"] = [call.to_openai() for call in calls]
             else:
-                parts.append(str(frame.get("text", "")))
-    text = "".join(parts)
-    finish = FINISH_REASONS.get(str(final.get("done_reason")), "stop")
-    result_choice: dict[str, Any] = (
-        {
-            "index": 0,
-            "message": {"role": "assistant", "content": text},
-            "logprobs": None,
-            "finish_reason": finish,
+                message["content"] = text
+            if answer.thinking:
+                message["reasoning_content"] = answer.thinking
+            choice: dict[str, Any] = {
+                "index": 0,
+                "message": message,
+                "logprobs": None,
+                "finish_reason": finish,
+            }
+        else:
+            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+        return {
+            **self.base,
+            "object": "chat.completion" if self.chat else "text_completion",
+            "choices": [choice],
+            "usage": _usage(finished),
         }
-        if chat
-        else {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
-    )
-    return web.json_response(
-        {
-            **base,
-            "object": "chat.completion" if chat else "text_completion",
-            "choices": [result_choice],
-            "usage": _usage(final),
-        }
+
+
+async def _answer(
+    request: web.Request, body: dict[str, Any], generation: Generation, *, chat: bool
+) -> web.StreamResponse:
+    completion = _Completion(generation.model_name, chat)
+    if get_bool(body, "stream", False):
+        chunks = completion.chunks(generation.events(), _include_usage(body))
+        return await stream(request, chunks, OPENAI_SSE)
+    return web.json_response(completion.whole(await collect(generation.events())))
+
+
+def _generation_request(body: dict[str, Any], endpoint: str, **fields: Any) -> GenerationRequest:
+    return GenerationRequest(
+        model=get_str(body, "model", required=True) or "",
+        endpoint=endpoint,
+        options=_options(body),
+        format=_response_format(body),
+        keep_alive_s=parse_keep_alive(body.get("keep_alive")),
+        think=_reasoning_effort(body),
+        **fields,
     )
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     body = await read_json(request)
-    daemon = daemon_of(request)
-    model = await daemon.service.resolve(
-        get_str(body, "model", required=True) or "", _options(body)
-    )
     messages = validate_messages(body.get("messages"))
     if not messages:
         raise BadRequestError("messages must not be empty")
-    return await _run(request, model, daemon.service.chat_prompt(model, messages), body, chat=True)
+    _include_usage(body)
+    tools = validate_tools(body["tools"]) if body.get("tools") else []
+    generation_request = _generation_request(
+        body,
+        "v1/chat/completions",
+        messages=messages,
+        tools=tools or None,
+        tool_choice=validate_tool_choice(body.get("tool_choice"), tools),
+        parallel_tool_calls=validate_parallel_tool_calls(body.get("parallel_tool_calls")),
+    )
+    generation = await inference_of(request).start(generation_request)
+    return await _answer(request, body, generation, chat=True)
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
     body = await read_json(request)
-    daemon = daemon_of(request)
-    model = await daemon.service.resolve(
-        get_str(body, "model", required=True) or "", _options(body)
-    )
     prompt = body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
         prompt = prompt[0]
@@ -231,7 +260,10 @@ async def completions(request: web.Request) -> web.StreamResponse:
         raise BadRequestError("prompt must be a string (token arrays and batches are unsupported)")
     if body.get("suffix"):
         raise BadRequestError("suffix is not supported")
-    return await _run(request, model, prompt, body, chat=False)
+    _include_usage(body)
+    generation_request = _generation_request(body, "v1/completions", prompt=prompt, raw=True)
+    generation = await inference_of(request).start(generation_request)
+    return await _answer(request, body, generation, chat=False)
 
 
 def _model_object(name: str, created: float) -> dict[str, Any]:
@@ -239,15 +271,14 @@ def _model_object(name: str, created: float) -> dict[str, Any]:
 
 
 async def models(request: web.Request) -> web.Response:
-    stored = await asyncio.to_thread(daemon_of(request).store.list)
+    stored = await models_of(request).list()
     data = [_model_object(m.name.display(), m.modified_at.timestamp()) for m in stored]
     return web.json_response({"object": "list", "data": data})
 
 
 async def model(request: web.Request) -> web.Response:
-    name = ModelName.parse(request.match_info["model"])
-    stored = await asyncio.to_thread(daemon_of(request).store.get, name)
-    return web.json_response(_model_object(name.display(), stored.modified_at.timestamp()))
+    stored = await models_of(request).get(request.match_info["model"])
+    return web.json_response(_model_object(stored.name.display(), stored.modified_at.timestamp()))
 
 
 def _encode(vector: list[float], encoding: str) -> list[float] | str:
@@ -259,23 +290,27 @@ def _encode(vector: list[float], encoding: str) -> list[float] | str:
 
 async def embeddings(request: web.Request) -> web.Response:
     body = await read_json(request)
-    daemon = daemon_of(request)
-    resolved = await daemon.service.resolve(get_str(body, "model", required=True) or "", {})
-    inputs = embedding_inputs(body.get("input"))
     encoding = body.get("encoding_format") or "float"
     if encoding not in ("float", "base64"):
         raise BadRequestError("encoding_format must be 'float' or 'base64'")
-    vectors, count, _ = await daemon.service.embed(
-        resolved, inputs, truncate=True, normalize=True, keep_alive_s=None
+    result = await inference_of(request).embed(
+        EmbeddingRequest(
+            model=get_str(body, "model", required=True) or "",
+            inputs=embedding_inputs(body.get("input")),
+            dimensions=get_int(body, "dimensions"),
+        )
     )
     return web.json_response(
         {
             "object": "list",
             "data": [
                 {"object": "embedding", "embedding": _encode(vector, encoding), "index": index}
-                for index, vector in enumerate(vectors)
+                for index, vector in enumerate(result.vectors)
             ],
-            "model": resolved.name,
-            "usage": {"prompt_tokens": count, "total_tokens": count},
+            "model": result.model,
+            "usage": {
+                "prompt_tokens": result.prompt_eval_count,
+                "total_tokens": result.prompt_eval_count,
+            },
         }
     )

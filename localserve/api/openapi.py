@@ -181,6 +181,30 @@ SCHEMAS: dict[str, JsonSchema] = {
                     },
                 ]
             },
+            "tool_calls": {
+                "type": "array",
+                "description": "an assistant message's earlier calls (arguments: object or"
+                " JSON string)",
+                "items": {"type": "object", "required": ["function"]},
+            },
+            "tool_call_id": _string("role tool: the call this answers (OpenAI)"),
+            "tool_name": _string("role tool: the tool that answered (Ollama)"),
+        },
+    },
+    "Tool": {
+        "type": "object",
+        "required": ["function"],
+        "properties": {
+            "type": {"type": "string", "enum": ["function"]},
+            "function": {
+                "type": "object",
+                "required": ["name"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "description": {"type": "string"},
+                    "parameters": {"type": "object", "description": "a JSON schema"},
+                },
+            },
         },
     },
     "ResponseFormat": {
@@ -206,6 +230,10 @@ SCHEMAS: dict[str, JsonSchema] = {
             "prompt": _string("an empty or missing prompt only loads (or unloads) the model"),
             "system": _string("replaces the model's system prompt"),
             "raw": _bool("send the prompt as is, without the chat template"),
+            "suffix": _string(
+                "fill in the middle between prompt and suffix (400 for a model without FIM tokens)"
+            ),
+            "template": _string("a chat template for this request instead of the model's"),
             "format": _ref("Format"),
             "stream": _STREAM,
             "images": {**_STRINGS, "description": "refused (400) when not empty"},
@@ -221,6 +249,11 @@ SCHEMAS: dict[str, JsonSchema] = {
                 "items": _ref("Message"),
                 "description": "an empty list only loads (or unloads) the model",
             },
+            "tools": {
+                "type": "array",
+                "items": _ref("Tool"),
+                "description": "400 when the model's template has no tool support",
+            },
             "format": _ref("Format"),
             "stream": _STREAM,
         },
@@ -232,6 +265,11 @@ SCHEMAS: dict[str, JsonSchema] = {
             **_OLLAMA_COMMON,
             "input": _STRING_OR_STRINGS,
             "truncate": _bool("cut inputs to the context (default true); else 400"),
+            "dimensions": {
+                "type": "integer",
+                "minimum": 1,
+                "description": "keep the first N values, renormalised",
+            },
         },
     },
     "EmbeddingsRequest": {
@@ -247,7 +285,7 @@ SCHEMAS: dict[str, JsonSchema] = {
     "CreateRequest": {
         "type": "object",
         "required": ["model"],
-        "anyOf": [{"required": ["files"]}, {"required": ["from"]}],
+        "anyOf": [{"required": ["files"]}, {"required": ["from"]}, {"required": ["modelfile"]}],
         "properties": {
             "model": _MODEL,
             "name": _NAME,
@@ -258,13 +296,31 @@ SCHEMAS: dict[str, JsonSchema] = {
                 "additionalProperties": {"type": "string"},
             },
             "from": _string("an installed model to derive from"),
-            "template": _string("chat template (Jinja) override"),
+            "template": _string(
+                "chat template override: Jinja, or Ollama's Go syntax (translated; an"
+                " unsupported construct is a 400 naming it)"
+            ),
             "system": _string("system prompt override"),
             "parameters": _ref("Options"),
+            "messages": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["role"],
+                    "properties": {
+                        "role": {"type": "string", "enum": ["system", "user", "assistant"]},
+                        "content": {"type": "string"},
+                    },
+                },
+            },
+            "license": _STRING_OR_STRINGS,
             "stream": _STREAM,
             "quantize": {"description": "refused (400): create from a quantized GGUF"},
             "adapters": {"description": "refused (400)"},
-            "modelfile": {"description": "refused (400): send files or from"},
+            "modelfile": _string(
+                "a Modelfile's text (FROM an installed model or sha256:<digest>); fields sent"
+                " beside it win"
+            ),
         },
     },
     "CopyRequest": {
@@ -283,6 +339,26 @@ SCHEMAS: dict[str, JsonSchema] = {
         "properties": {
             **_OPENAI_SAMPLING,
             "messages": {"type": "array", "items": _ref("Message"), "minItems": 1},
+            "tools": {"type": "array", "items": _ref("Tool")},
+            "tool_choice": {
+                "anyOf": [
+                    {"type": "string", "enum": ["none", "auto", "required"]},
+                    {
+                        "type": "object",
+                        "required": ["type", "function"],
+                        "properties": {
+                            "type": {"type": "string", "enum": ["function"]},
+                            "function": {
+                                "type": "object",
+                                "required": ["name"],
+                                "properties": {"name": {"type": "string"}},
+                            },
+                        },
+                    },
+                ],
+                "description": "required and a named function are enforced by a grammar",
+            },
+            "parallel_tool_calls": _bool("several calls in one answer (default true)"),
         },
     },
     "CompletionRequest": {
@@ -307,6 +383,7 @@ SCHEMAS: dict[str, JsonSchema] = {
             "model": _MODEL,
             "input": _STRING_OR_STRINGS,
             "encoding_format": {"type": "string", "enum": ["float", "base64"]},
+            "dimensions": {"type": "integer", "minimum": 1},
         },
     },
     "OllamaError": {

@@ -1,7 +1,8 @@
 """The one typed HTTP client of the localserve daemon, used by the CLI and the TUI.
 
 All methods are async (aiohttp). Streaming endpoints are async iterators of the decoded
-NDJSON objects. Errors:
+NDJSON objects. Answers come typed as the wire shapes of `localserve.api.payloads`
+(`TagsModel`, `PsModel`, `ShowResponse`, `ProgressLine`). Errors:
 
     ClientError
     ├── DaemonUnreachableError   nothing answers at the base URL
@@ -14,6 +15,7 @@ NDJSON objects. Errors:
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -24,6 +26,14 @@ from typing import Any
 
 import aiohttp
 
+from localserve.api.payloads import (
+    ProgressLine,
+    PsModel,
+    PsResponse,
+    ShowResponse,
+    TagsModel,
+    TagsResponse,
+)
 from localserve.config import load_settings
 
 JSON = dict[str, Any]
@@ -170,7 +180,7 @@ class LocalserveClient:
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
             raise DaemonUnreachableError(self.base_url, str(exc) or type(exc).__name__) from exc
 
-    async def _stream(self, path: str, body: JSON) -> AsyncIterator[JSON]:
+    async def _stream(self, path: str, body: JSON) -> AsyncIterator[Any]:
         """POST and yield each NDJSON object; an {"error"} line raises StreamAPIError."""
         try:
             async with self._get_session().post(self.base_url + path, json=body) as response:
@@ -202,17 +212,19 @@ class LocalserveClient:
             return False
         return True
 
-    async def list_models(self) -> list[JSON]:
-        data = await self._request("GET", "/api/tags")
-        return list(data["models"])
+    async def list_models(self) -> list[TagsModel]:
+        """The installed models (/api/tags)."""
+        data: TagsResponse = await self._request("GET", "/api/tags")
+        return data["models"]
 
-    async def ps(self) -> list[JSON]:
-        data = await self._request("GET", "/api/ps")
-        return list(data["models"])
+    async def ps(self) -> list[PsModel]:
+        """The loaded models (/api/ps)."""
+        data: PsResponse = await self._request("GET", "/api/ps")
+        return data["models"]
 
-    async def show(self, model: str) -> JSON:
-        data = await self._request("POST", "/api/show", {"model": model})
-        return dict(data)
+    async def show(self, model: str) -> ShowResponse:
+        data: ShowResponse = await self._request("POST", "/api/show", {"model": model})
+        return data
 
     def generate(
         self,
@@ -237,9 +249,10 @@ class LocalserveClient:
         options: JSON | None = None,
         format: str | JSON | None = None,
         keep_alive: str | float | None = None,
+        think: bool | str | None = None,
     ) -> AsyncIterator[JSON]:
         body: JSON = {"model": model, "messages": messages, "stream": True}
-        _put_optional(body, options=options, format=format, keep_alive=keep_alive)
+        _put_optional(body, options=options, format=format, keep_alive=keep_alive, think=think)
         return self._stream("/api/chat", body)
 
     async def embed(self, model: str, inputs: str | list[str]) -> JSON:
@@ -285,14 +298,14 @@ class LocalserveClient:
         template: str | None = None,
         system: str | None = None,
         parameters: JSON | None = None,
-    ) -> AsyncIterator[JSON]:
+    ) -> AsyncIterator[ProgressLine]:
         body: JSON = {"model": model, "stream": True}
         _put_optional(body, files=files, template=template, system=system, parameters=parameters)
         if from_ is not None:
             body["from"] = from_
         return self._stream("/api/create", body)
 
-    def pull(self, model: str) -> AsyncIterator[JSON]:
+    def pull(self, model: str) -> AsyncIterator[ProgressLine]:
         return self._stream("/api/pull", {"model": model, "stream": True})
 
     async def copy(self, source: str, destination: str) -> None:
@@ -301,9 +314,12 @@ class LocalserveClient:
     async def delete(self, model: str) -> None:
         await self._request("DELETE", "/api/delete", {"model": model})
 
-    async def events(self, types: Sequence[str] | None = None) -> AsyncIterator[JSON]:
+    async def events(
+        self, types: Sequence[str] | None = None, subscribed: asyncio.Event | None = None
+    ) -> AsyncIterator[JSON]:
         """The daemon's server-sent event stream (`/api/events`), decoded; `types` keeps
-        only those event types (e.g. `["system", "request_progress"]`)."""
+        only those event types (e.g. `["system", "request_progress"]`). `subscribed` is
+        set once the daemon has subscribed this stream (every later event reaches it)."""
         params = {"types": ",".join(types)} if types else None
         try:
             async with self._get_session().get(
@@ -314,8 +330,14 @@ class LocalserveClient:
                 await self._raise_for_status(response)
                 async for raw in response.content:
                     line = raw.decode().strip()
-                    if line.startswith("data:"):
-                        yield json.loads(line[5:].strip())
+                    if not line.startswith("data:"):
+                        continue
+                    event = json.loads(line[5:].strip())
+                    if event.get("type") == "subscribed":  # the handshake
+                        if subscribed is not None:
+                            subscribed.set()
+                        continue
+                    yield event
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
             raise DaemonUnreachableError(self.base_url, str(exc) or type(exc).__name__) from exc
 

@@ -2,7 +2,17 @@
 
 One asyncio task (`_run`) executes all state changes, one message at a time; everything
 else posts messages to it (`_post`). Loads run in their own tasks and post their result
-back. Callers get a `Lease` on a ready runner from `acquire()` and must `release()` it.
+back. A request holds a ready runner for the length of a block:
+
+    async with scheduler.lease(spec, keep_alive_s) as lease:
+        ... lease.runner ...
+
+(`acquire()` and `Lease.release()` are the same, unstructured).
+
+Each loaded model moves through `ModelState` along `TRANSITIONS` only, every change
+through `LoadedModel.move_to`. Placement maths (budget, room, GPU offload) are pure
+functions in `placement.py`, the spare runner pool is `spare.py`, the RAM probe
+`memory.py`, the GPU probe `gpu.py`.
 
 Policy:
 - load on first request; requests for a loading model wait for it; one load per model;
@@ -18,14 +28,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, TypedDict
 
 from localserve.config import Settings
 from localserve.errors import (
@@ -37,41 +48,88 @@ from localserve.errors import (
 )
 from localserve.names import ModelName
 from localserve.runner.handle import LoadResult, RunnerProcess
-from localserve.scheduling.gpu import GpuInfo, GpuProbe, NvmlGpuProbe, OffloadPlan, plan_offload
+from localserve.scheduling.gpu import GpuProbe, NvmlGpuProbe
+from localserve.scheduling.memory import MemoryProbe as MemoryProbe  # re-exported
+from localserve.scheduling.memory import PsutilMemoryProbe
+from localserve.scheduling.placement import (
+    Limits,
+    OffloadPlan,
+    Resources,
+    plan_room,
+    reclaim_victims,
+    tensor_split,
+)
+from localserve.scheduling.spare import RunnerFactory, SpareRunnerPool, spawn_runner
 from localserve.store.gguf_facts import ModelFacts
 from localserve.telemetry.events import EventBus
 
 log = logging.getLogger("localserve.scheduling.scheduler")
-COMPUTE_OVERHEAD_BYTES = 64 * 1024**2
-# The next spare runner starts once no model is decoding (its start, ~0.2 s of CPU for
-# Python and llama_cpp, stalls a decoding runner's threads: it cost a first answer ~35 %
-# of its tok/s on 2 cores), but no sooner than this after a load, and no later than the
-# deadline.
-SPARE_REFILL_DELAY_S = 0.25
-SPARE_REFILL_DEADLINE_S = 5.0
 FOREVER_WALL = 253402300799.0  # 9999-12-31T23:59:59Z, how /api/ps shows "forever"
 
-
-class MemoryProbe(Protocol):
-    def available_ram(self) -> int: ...
-
-    def total_ram(self) -> int: ...
+# What /api/ps shows as a model's state (`ModelState.wire`).
+SnapshotState = Literal["loading", "ready", "stopping"]
 
 
-class PsutilMemoryProbe:
-    def available_ram(self) -> int:
-        import psutil
+class ModelState(enum.Enum):
+    """A loaded model's lifecycle; `TRANSITIONS` says which changes are allowed."""
 
-        return int(psutil.virtual_memory().available)
+    LOADING = "loading"  # its runner loads the file; requests wait for it
+    READY = "ready"  # serving; expires after its keep-alive once idle
+    # Unload asked while it was busy or loading: it still serves (new requests join),
+    # and unloads as soon as it is idle. It may still be loading (no runner yet).
+    DRAINING = "draining"
+    # Out of the table: unloaded, failed to load, or its runner crashed. Final.
+    STOPPING = "stopping"
 
-    def total_ram(self) -> int:
-        import psutil
+    @property
+    def wire(self) -> SnapshotState:
+        """The state clients see in /api/ps (a draining model shows as stopping)."""
+        return _WIRE_STATES[self]
 
-        return int(psutil.virtual_memory().total)
+
+_WIRE_STATES: dict[ModelState, SnapshotState] = {
+    ModelState.LOADING: "loading",
+    ModelState.READY: "ready",
+    ModelState.DRAINING: "stopping",
+    ModelState.STOPPING: "stopping",
+}
+
+TRANSITIONS: dict[ModelState, frozenset[ModelState]] = {
+    # loaded; unload asked while loading; shut down or failed to load
+    ModelState.LOADING: frozenset({ModelState.READY, ModelState.DRAINING, ModelState.STOPPING}),
+    # unload asked while busy; unloaded (expired, evicted, reclaimed, ...) or crashed
+    ModelState.READY: frozenset({ModelState.DRAINING, ModelState.STOPPING}),
+    # idle at last (or shut down, failed to load, crashed)
+    ModelState.DRAINING: frozenset({ModelState.STOPPING}),
+    ModelState.STOPPING: frozenset(),
+}
 
 
-class RunnerFactory(Protocol):
-    async def __call__(self) -> RunnerProcess: ...
+class IllegalTransitionError(RuntimeError):
+    """A state change `TRANSITIONS` does not allow: a bug in the scheduler."""
+
+
+class ModelSnapshot(TypedDict):
+    """One loaded model in `Scheduler.snapshot()`: what /api/ps, the metrics and the
+    system monitor read (never used to make a decision)."""
+
+    model: str  # the display name, e.g. "smollm2:135m"
+    digest: str  # the model blob's
+    state: SnapshotState
+    load_progress: float  # llama.cpp's, 0..1; 1.0 once loaded
+    size: int  # RAM + VRAM bytes
+    size_vram: int
+    gpu_layers: int
+    context_length: int
+    expires_at: float  # wall clock; FOREVER_WALL when pinned; now when stopping
+    in_flight: int
+    slots: int
+    slots_busy: int
+    queue_depth: int
+    pid: int | None  # the runner's, None while loading
+    threads: int  # llama.cpp threads decoding now
+    facts: ModelFacts
+    busy: bool
 
 
 @dataclass(frozen=True)
@@ -96,7 +154,6 @@ class LoadedModel:
     spec: ModelSpec
     estimate: int  # RAM bytes expected (the part not offloaded)
     plan: OffloadPlan | None = None
-    state: str = "loading"  # loading | ready | stopping
     runner: RunnerProcess | None = None
     in_flight: int = 0
     waiters: list[tuple[asyncio.Future[Lease], float | None]] = field(default_factory=list)
@@ -107,9 +164,35 @@ class LoadedModel:
     loaded_at: float = 0.0
     measured: int = 0
     load_result: LoadResult | None = None
-    unload_when_idle: bool = False
     vram_measured: int = 0
     load_progress: float = 0.0  # llama.cpp's load progress, 0..1, while loading
+    _state: ModelState = field(default=ModelState.LOADING, init=False)
+
+    @property
+    def state(self) -> ModelState:
+        return self._state
+
+    def move_to(self, new: ModelState) -> None:
+        """Change state along TRANSITIONS; any other change is a bug: logged, raised."""
+        old = self._state
+        if new not in TRANSITIONS[old]:
+            log.error("illegal state change of %s: %s -> %s", self.spec.key, old.name, new.name)
+            raise IllegalTransitionError(f"{self.spec.key}: {old.name} -> {new.name}")
+        log.debug("%s: %s -> %s", self.spec.key, old.name, new.name)
+        self._state = new
+
+    @property
+    def loading(self) -> bool:
+        """In the table without a runner yet (LOADING, or DRAINING before it loaded)."""
+        return self.runner is None and self._state is not ModelState.STOPPING
+
+    @property
+    def serving(self) -> bool:
+        """Has a runner that takes requests (READY or DRAINING, loaded)."""
+        return self.runner is not None and self._state in (
+            ModelState.READY,
+            ModelState.DRAINING,
+        )
 
     @property
     def size(self) -> int:
@@ -131,19 +214,23 @@ class LoadedModel:
 
     @property
     def idle(self) -> bool:
-        return self.state == "ready" and self.in_flight == 0 and not self.waiters
+        return self.serving and self.in_flight == 0 and not self.waiters
 
 
 @dataclass(eq=False)
 class Lease:
-    """A request's hold on a ready runner; release exactly once."""
+    """A request's hold on a ready runner. It takes effect once: a second `release()`
+    does nothing. `Scheduler.lease()` releases it on leaving its block, with
+    `keep_alive_s` (the keep-alive the request gave; the block may change it)."""
 
     model: LoadedModel
     runner: RunnerProcess
     scheduler: Scheduler
+    keep_alive_s: float | None = None
     released: bool = False
 
     def release(self, keep_alive_s: float | None = None) -> None:
+        """Give the runner back; `keep_alive_s` (when not None) is the model's from now."""
         if not self.released:
             self.released = True
             self.scheduler._post(lambda: self.scheduler._on_release(self.model, keep_alive_s))
@@ -155,10 +242,6 @@ class _Pending:
     future: asyncio.Future[Lease]
     keep_alive_s: float | None
     deadline: float
-
-
-async def spawn_runner() -> RunnerProcess:
-    return await RunnerProcess.spawn()
 
 
 class Scheduler:
@@ -177,7 +260,9 @@ class Scheduler:
         self.events = events or EventBus()
         self.memory = memory or PsutilMemoryProbe()
         self.gpu: GpuProbe = gpu or NvmlGpuProbe()
-        self.runner_pool = SpareRunnerPool(runner_factory or spawn_runner, settings.spare_runner)
+        self.runner_pool = SpareRunnerPool(
+            runner_factory or spawn_runner, settings.spare_runner, self._post
+        )
         self.pending_timeout_s = pending_timeout_s
         self.pressure_interval_s = pressure_interval_s
         self.models: dict[str, LoadedModel] = {}
@@ -187,7 +272,6 @@ class Scheduler:
         self._task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._closed = False
-        self._refill_deadline: float | None = None
         self._queue_seen: dict[str, int] = {}
 
     # ---- lifecycle ---------------------------------------------------------------------
@@ -201,6 +285,7 @@ class Scheduler:
     async def close(self) -> None:
         """Refuse new work, fail waiting requests, stop every runner."""
         self._closed = True
+        self.runner_pool.disable()
         done = asyncio.Event()
 
         def shutdown() -> None:
@@ -269,6 +354,23 @@ class Scheduler:
             self._post(lambda: self._on_abandon(future))
             raise
 
+    @contextlib.asynccontextmanager
+    async def lease(
+        self, spec: ModelSpec, keep_alive_s: float | None = None
+    ) -> AsyncIterator[Lease]:
+        """Hold a ready runner for `spec` for the length of the block.
+
+        Entering waits as `acquire()` does and raises what it raises; a request cancelled
+        while waiting, or after the grant but before it saw the lease, holds nothing.
+        Leaving (normally, by an exception or a cancel) releases exactly once, with
+        `lease.keep_alive_s`: `keep_alive_s` unless the block changed it.
+        """
+        held = await self.acquire(spec, keep_alive_s)
+        try:
+            yield held
+        finally:
+            held.release(held.keep_alive_s)
+
     def unload(self, name: ModelName) -> asyncio.Future[bool]:
         """Unload a model now, or as soon as its requests finish. Resolves True if loaded."""
         result: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
@@ -281,20 +383,21 @@ class Scheduler:
             model.keep_alive_s = 0
             if model.idle:
                 self._unload(model, "request")
-            else:
-                model.unload_when_idle = True
+            else:  # busy or loading: unload once idle
+                if model.state is not ModelState.DRAINING:
+                    model.move_to(ModelState.DRAINING)
                 model.expires_at = time.time()
             result.set_result(True)
 
         self._post(handle)
         return result
 
-    def snapshot(self) -> list[dict[str, Any]]:
+    def snapshot(self) -> list[ModelSnapshot]:
         """A read-only view for /api/ps; never used to make a decision."""
-        rows = []
+        rows: list[ModelSnapshot] = []
         for model in sorted(self.models.values(), key=lambda m: -m.last_used):
             expires: float
-            if model.unload_when_idle:
+            if model.state is ModelState.DRAINING:
                 expires = time.time()  # "Stopping..."
             elif model.pinned:
                 expires = FOREVER_WALL
@@ -306,8 +409,8 @@ class Scheduler:
                 {
                     "model": model.spec.key,
                     "digest": model.spec.digest,
-                    "state": "stopping" if model.unload_when_idle else model.state,
-                    "load_progress": 1.0 if model.state != "loading" else model.load_progress,
+                    "state": model.state.wire,
+                    "load_progress": model.load_progress if model.loading else 1.0,
                     "size": model.size + model.vram,
                     "size_vram": model.vram,
                     "gpu_layers": model.plan.layers if model.plan else 0,
@@ -383,7 +486,7 @@ class Scheduler:
         if model.expiry is not None:
             model.expiry.cancel()
             model.expiry = None
-        future.set_result(Lease(model, model.runner, self))
+        future.set_result(Lease(model, model.runner, self, keep_alive_s=keep))
 
     def _on_release(self, model: LoadedModel, keep_alive_s: float | None) -> None:
         model.in_flight = max(0, model.in_flight - 1)
@@ -395,7 +498,7 @@ class Scheduler:
         self._schedule()
 
     def _arm_expiry(self, model: LoadedModel) -> None:
-        if model.unload_when_idle or model.keep_alive_s == 0:
+        if model.state is ModelState.DRAINING or model.keep_alive_s == 0:
             self._unload(model, "keep_alive")
             return
         if model.expiry is not None:
@@ -476,7 +579,7 @@ class Scheduler:
                 model = None
             if model is not None:
                 self.pending.remove(pending)
-                if model.state == "ready":
+                if model.serving:
                     self._grant(model, pending.future, pending.keep_alive_s)
                 else:
                     model.waiters.append((pending.future, pending.keep_alive_s))
@@ -495,94 +598,20 @@ class Scheduler:
             self.pending.remove(pending)
             self._start_load(spec, pending, plan)
 
-    def _budget(self) -> tuple[int, int]:
-        """(RAM bytes available for new models now, RAM bytes our models hold)."""
-        held = sum(m.size for m in self.models.values()) + sum(self.stopping.values())
-        loading = sum(m.size for m in self.models.values() if m.state == "loading")
-        if self.settings.max_ram_bytes is not None:
-            return self.settings.max_ram_bytes - held, held
-        available = self.memory.available_ram() - self.settings.ram_reserve_bytes - loading
-        return available, held
-
-    def _gpu_room(self, returned: list[LoadedModel]) -> list[GpuInfo]:
-        """GPUs as seen by a new load: free memory after our own models' allocations.
-
-        Our models' VRAM is counted from their plans (a loading model has not allocated
-        yet; NVML would not show it), other programs' use from NVML. `returned` models'
-        VRAM is counted as free (they are about to be evicted).
-        """
-        gpus = self.gpu.gpus()
-        ours_all = [0] * len(gpus)
-        ours_allocated = [0] * len(gpus)
-        for model in [*self.models.values()]:
-            for index, amount in enumerate(model.per_gpu[: len(gpus)]):
-                if model not in returned:
-                    ours_all[index] += amount
-                if model.state == "ready":
-                    ours_allocated[index] += amount
-        room = []
-        for index, info in enumerate(gpus):
-            others = max(0, info.used - ours_allocated[index])
-            free = max(0, info.total - others - ours_all[index])
-            room.append(GpuInfo(info.index, info.name, info.total, free, info.utilization))
-        return room
-
-    def _offload(self, spec: ModelSpec, returned: list[LoadedModel]) -> OffloadPlan:
-        held_vram = sum(m.vram for m in self.models.values() if m not in returned)
-        cap = None
-        if self.settings.max_vram_bytes is not None:
-            cap = max(0, self.settings.max_vram_bytes - held_vram)
-        return plan_offload(
-            spec.facts,
-            spec.num_ctx * spec.num_parallel,
-            self._gpu_room(returned),
-            reserve_bytes=self.settings.vram_reserve_bytes,
-            requested_layers=spec.num_gpu,
-            vram_cap=cap,
-            compute_overhead=COMPUTE_OVERHEAD_BYTES,
+    def _resources(self) -> Resources:
+        """One reading of the probes for a placement decision."""
+        settings = self.settings
+        return Resources(
+            limits=Limits.of(settings),
+            gpus=tuple(self.gpu.gpus()),
+            available_ram=self.memory.available_ram() if settings.max_ram_bytes is None else 0,
+            stopping_bytes=sum(self.stopping.values()),
         )
 
     def _plan_room(self, spec: ModelSpec) -> tuple[list[LoadedModel], OffloadPlan] | None:
-        """The idle models to evict and the GPU split for `spec`, or None to wait.
-
-        Raises ModelTooLargeError when the model cannot fit even with nothing else loaded.
-        """
-        candidates = sorted(
-            (m for m in self.models.values() if m.idle),
-            key=lambda m: (m.pinned, m.last_used),
-        )
-        victims: list[LoadedModel] = []
-        plan = self._offload(spec, victims)
-        # Prefer a full GPU offload: evict idle models holding VRAM while that helps.
-        if not plan.full and spec.num_gpu is None and any(m.vram for m in candidates):
-            best_case = self._offload(spec, [m for m in candidates if m.vram])
-            if best_case.layers > plan.layers:
-                for victim in [m for m in candidates if m.vram]:
-                    victims.append(victim)
-                    plan = self._offload(spec, victims)
-                    if plan.full or plan.layers >= best_case.layers:
-                        break
-        need = plan.ram_bytes
-        free, held = self._budget()
-        free += sum(v.size for v in victims)
-        best_ram = self._offload(spec, list(self.models.values())).ram_bytes
-        if best_ram > free + held - sum(v.size for v in victims):
-            budget = free + held - sum(v.size for v in victims)
-            raise ModelTooLargeError(
-                f"model {spec.key} needs about {best_ram / 2**20:.0f} MiB of RAM but the "
-                f"memory budget is {max(budget, 0) / 2**20:.0f} MiB"
-            )
-        remaining = [m for m in candidates if m not in victims]
-        count = len(self.models) - len(victims)
-        cap = self.settings.max_loaded
-        while free < need or (cap and count >= cap):
-            if not remaining:
-                return None
-            victim = remaining.pop(0)
-            victims.append(victim)
-            free += victim.size
-            count -= 1
-        return victims, plan
+        """The idle models to evict and the GPU split for `spec`, or None to wait
+        (placement.plan_room); raises ModelTooLargeError when it can never fit."""
+        return plan_room(spec, list(self.models.values()), self._resources())
 
     def _start_load(self, spec: ModelSpec, first: _Pending, plan: OffloadPlan) -> None:
         model = LoadedModel(
@@ -621,7 +650,7 @@ class Scheduler:
                 str(model.spec.path),
                 num_ctx=model.spec.num_ctx,
                 num_gpu=plan.layers if plan else 0,
-                tensor_split=_tensor_split(plan),
+                tensor_split=tensor_split(plan),
                 num_threads=self.settings.num_threads,
                 adapt_threads=self.settings.adapt_threads,
                 timeout=self.settings.load_timeout_s,
@@ -641,23 +670,12 @@ class Scheduler:
         loaded_runner = runner
         self._post(lambda: self._on_loaded(model, loaded_runner, result))
 
-    def _refill_spare_when_quiet(self, delay: float = 0.0) -> None:
-        """Start the next spare runner once no model decodes (see SPARE_REFILL_DELAY_S)."""
-
-        def check() -> None:
-            if self._refill_deadline is None or self._closed:
-                return
-            decoding = any(m.in_flight for m in self.models.values())
-            if decoding and time.monotonic() < self._refill_deadline:
-                self._refill_spare_when_quiet(SPARE_REFILL_DELAY_S)
-                return
-            self._refill_deadline = None
-            self.runner_pool.refill()
-
-        asyncio.get_running_loop().call_later(delay, self._post, check)
+    def _decoding(self) -> bool:
+        """Whether any model has a request in flight (the spare waits for quiet)."""
+        return any(m.in_flight for m in self.models.values())
 
     def _on_load_progress(self, model: LoadedModel, progress: float) -> None:
-        if self.models.get(model.spec.key) is not model or model.state != "loading":
+        if self.models.get(model.spec.key) is not model or not model.loading:
             return
         model.load_progress = progress
         self._publish("load_progress", model=model.spec.key, progress=progress)
@@ -666,7 +684,8 @@ class Scheduler:
         if self.models.get(model.spec.key) is not model or self._closed:
             self._spawn(runner.stop(), "stop-orphan")
             return
-        model.state = "ready"
+        if model.state is ModelState.LOADING:  # a DRAINING one stays so: it unloads when idle
+            model.move_to(ModelState.READY)
         model.runner = runner
         model.load_result = result
         model.measured = result.rss
@@ -687,8 +706,7 @@ class Scheduler:
             rss=result.rss,
             load_duration=result.load_duration_ns,
         )
-        self._refill_deadline = time.monotonic() + SPARE_REFILL_DEADLINE_S
-        self._refill_spare_when_quiet(SPARE_REFILL_DELAY_S)
+        self.runner_pool.refill_when_quiet(self._decoding)
         waiters, model.waiters = model.waiters, []
         for future, keep in waiters:
             self._grant(model, future, keep)
@@ -701,6 +719,7 @@ class Scheduler:
         self._publish("load_failed", model=model.spec.key, error=str(error))
         if self.models.get(model.spec.key) is model:
             del self.models[model.spec.key]
+            model.move_to(ModelState.STOPPING)
         for future, _ in model.waiters:
             _fail(future, error)
         model.waiters.clear()
@@ -710,6 +729,7 @@ class Scheduler:
         self.stopping.pop(runner.pid, None)
         if self.models.get(model.spec.key) is model and model.runner is runner:
             del self.models[model.spec.key]
+            model.move_to(ModelState.STOPPING)
             if model.expiry is not None:
                 model.expiry.cancel()
             log.warning("runner for %s exited unexpectedly (pid %d)", model.spec.key, runner.pid)
@@ -724,27 +744,18 @@ class Scheduler:
 
     def _check_pressure(self) -> None:
         for model in self.models.values():  # later decisions use measured RSS
-            if model.state == "ready" and model.runner is not None and model.runner.rss:
+            if model.serving and model.runner is not None and model.runner.rss:
                 model.measured = model.runner.rss
                 self._spawn(model.runner.refresh_stats(), "runner-stats")
         available = self.memory.available_ram()
         reserve = self.settings.ram_reserve_bytes
-        if available >= reserve:
-            return
-        idle = sorted(
-            (m for m in self.models.values() if m.idle), key=lambda m: (m.pinned, m.last_used)
-        )
-        freed = 0
-        for model in idle:
-            if available + freed >= reserve:
-                break
+        for model in reclaim_victims(list(self.models.values()), available, reserve):
             log.warning(
                 "available RAM %.0f MiB is below the %.0f MiB reserve: unloading idle %s",
                 available / 2**20,
                 reserve / 2**20,
                 model.spec.key,
             )
-            freed += model.size
             self._unload(model, "reclaim", available=available, reserve=reserve)
 
     def _unload(self, model: LoadedModel, reason: str, **details: Any) -> None:
@@ -753,7 +764,7 @@ class Scheduler:
         if model.expiry is not None:
             model.expiry.cancel()
             model.expiry = None
-        model.state = "stopping"
+        model.move_to(ModelState.STOPPING)
         runner = model.runner
         log.info("unloading %s (%s)", model.spec.key, reason)
         self._publish("unloaded", model=model.spec.key, reason=reason, **details)
@@ -776,59 +787,6 @@ def _load_error(spec: ModelSpec, exc: BaseException) -> LocalserveError:
     if isinstance(exc, asyncio.CancelledError):
         return RunnerError(f"loading model '{name}' was cancelled")
     return RunnerError(f"model '{name}' failed to load: {type(exc).__name__}")
-
-
-def _tensor_split(plan: OffloadPlan | None) -> list[float] | None:
-    """llama.cpp's tensor_split for a multi-GPU plan (proportions per GPU)."""
-    if plan is None or len(plan.per_gpu) < 2 or not sum(plan.per_gpu):
-        return None
-    total = sum(plan.per_gpu)
-    return [amount / total for amount in plan.per_gpu]
-
-
-class SpareRunnerPool:
-    """Keeps one runner process started ahead of need (llama_cpp already imported), so
-    a swap pays only for the model load. The first spare is made after the first load.
-    """
-
-    def __init__(self, factory: RunnerFactory, enabled: bool) -> None:
-        self._factory = factory
-        self._enabled = enabled
-        self._spare: asyncio.Task[RunnerProcess] | None = None
-
-    async def take(self) -> RunnerProcess:
-        spare, self._spare = self._spare, None
-        runner: RunnerProcess | None = None
-        if spare is not None:
-            with contextlib.suppress(Exception):
-                runner = await spare
-            if runner is not None and not runner.alive:
-                runner = None
-        if runner is None:
-            runner = await self._factory()
-        return runner
-
-    def refill(self) -> None:
-        """Start the next spare (called once a load is done, not to compete with it)."""
-        if self._enabled and self._spare is None:
-            self._spare = asyncio.create_task(self._factory(), name="spare-runner")
-
-    def pids(self) -> set[int]:
-        """The spare runner's pid, once it has started."""
-        spare = self._spare
-        if spare is None or not spare.done() or spare.cancelled() or spare.exception():
-            return set()
-        return {spare.result().pid}
-
-    async def close(self) -> None:
-        spare, self._spare = self._spare, None
-        if spare is None:
-            return
-        if not spare.done():
-            spare.cancel()
-        with contextlib.suppress(BaseException):
-            runner = await spare
-            await runner.stop()
 
 
 def _fail(future: asyncio.Future[Lease], error: BaseException) -> None:

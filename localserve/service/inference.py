@@ -1,25 +1,51 @@
-"""What both APIs share: resolve a model, render its prompt, run a generation or embedding
-through the scheduler, and report Ollama's timing fields.
+"""The one inference path every API dialect translates onto.
+
+A dialect parses its request into a `GenerationRequest` (or `EmbeddingRequest`), and
+the service does the rest: `Inference.start` resolves the model and renders the prompt
+(the model's chat template for messages, the template or raw text for a prompt), raising
+the request's own errors (404, 400) at once; `Generation.events()` then leases a runner
+from the scheduler and yields `Token` events and one `Finished` carrying Ollama's timing
+fields. The dialect encodes those events in its own shape (NDJSON, SSE, ...).
+
+Errors while waiting for the runner (a model that does not fit, a full queue, a load
+that fails) are raised from the first `__anext__`, so a stream writer that holds the
+first event back still answers with their real HTTP status.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import math
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from localserve.config import Settings
 from localserve.errors import BadRequestError, BusyError, RunnerError
 from localserve.names import ModelName
-from localserve.runner.protocol import Frame
 from localserve.scheduling.scheduler import ModelSpec, Scheduler
 from localserve.service.prompts import render_chat
+from localserve.service.thinking import TAG_PAIRS, ThinkingSplitter
+from localserve.service.tools import (
+    ToolCall,
+    ToolCallStream,
+    ToolChoice,
+    ToolFormat,
+    detect_tool_format,
+    parse_constrained,
+    template_supports_thinking,
+    template_supports_tools,
+    tool_call_schema,
+)
 from localserve.store.store import Store, StoredModel
 from localserve.telemetry.events import EventBus
 from localserve.telemetry.monitor import ProgressReporter, new_request_id
+
+Format = str | dict[str, Any] | None
+AUTO = ToolChoice("auto")
 
 
 @dataclass(frozen=True)
@@ -33,7 +59,106 @@ class ResolvedModel:
         return self.stored.name.display()
 
 
-class ModelService:
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One generation, whatever the dialect: `messages` (chat) or `prompt` (completion)."""
+
+    model: str
+    endpoint: str  # for events and metrics: "generate", "chat", "v1/chat/completions", ...
+    messages: list[dict[str, Any]] | None = None
+    prompt: str | None = None
+    system: str | None = None  # completion only; chat puts it in `messages`
+    raw: bool = False  # completion only: the prompt is sent as is, without the template
+    suffix: str | None = None  # completion only: fill in the middle between prompt and this
+    template: str | None = None  # completion only: this template instead of the model's
+    options: dict[str, Any] = field(default_factory=dict)
+    format: Format = None
+    keep_alive_s: float | None = None
+    think: bool | str | None = None  # True/False/"low"/"medium"/"high"; None: the model's way
+    tools: list[dict[str, Any]] | None = None  # validated (localserve.service.tools)
+    tool_choice: ToolChoice = AUTO
+    parallel_tool_calls: bool = True
+
+    @property
+    def uses_tools(self) -> bool:
+        return bool(self.tools) and self.tool_choice.mode != "none"
+
+
+MAX_PARALLEL_CALLS = 8  # a grammar-forced list of calls ends after this many
+
+
+@dataclass(frozen=True)
+class EmbeddingRequest:
+    model: str
+    inputs: list[str]
+    options: dict[str, Any] = field(default_factory=dict)
+    truncate: bool = True
+    normalize: bool = True
+    keep_alive_s: float | None = None
+    dimensions: int | None = None  # keep the first N and renormalise (Matryoshka models)
+
+
+@dataclass(frozen=True)
+class Token:
+    text: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The end of a generation, with Ollama's timing fields (durations in ns)."""
+
+    done_reason: str
+    prompt_eval_count: int
+    prompt_eval_duration: int
+    eval_count: int
+    eval_duration: int
+    load_duration: int
+    total_duration: int
+    prompt_tokens: int = 0  # the whole prompt, cached or not (prompt_eval_count: evaluated)
+
+    @property
+    def cached_tokens(self) -> int:
+        return max(0, self.prompt_tokens - self.prompt_eval_count)
+
+    def timings(self) -> dict[str, Any]:
+        return {
+            "done_reason": self.done_reason,
+            "total_duration": self.total_duration,
+            "load_duration": self.load_duration,
+            "prompt_eval_count": self.prompt_eval_count,
+            "prompt_eval_duration": self.prompt_eval_duration,
+            "eval_count": self.eval_count,
+            "eval_duration": self.eval_duration,
+        }
+
+
+@dataclass(frozen=True)
+class Thinking:
+    """Reasoning text, apart from the answer's content."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class ToolCalls:
+    """The calls the answer made (after its content tokens, before Finished)."""
+
+    calls: list[ToolCall]
+
+
+GenerationEvent = Token | Thinking | ToolCalls | Finished
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    model: str
+    vectors: list[list[float]]
+    prompt_eval_count: int
+    load_duration: int
+    total_duration: int
+
+
+class Inference:
     def __init__(self, settings: Settings, store: Store, scheduler: Scheduler, events: EventBus):
         self.settings = settings
         self.store = store
@@ -59,182 +184,386 @@ class ModelService:
         )
         return ResolvedModel(stored, spec, merged)
 
-    def chat_prompt(self, model: ResolvedModel, messages: list[dict[str, Any]]) -> str:
-        manifest = model.stored.manifest
-        if manifest.system and not any(m["role"] == "system" for m in messages):
-            messages = [{"role": "system", "content": manifest.system}, *messages]
-        return render_chat(
-            manifest.template or manifest.facts.chat_template,
-            messages,
-            bos_token=manifest.facts.bos_token,
-            eos_token=manifest.facts.eos_token,
-        )
+    # ---- prompts -------------------------------------------------------------------------
 
-    def generate_prompt(
-        self, model: ResolvedModel, prompt: str, system: str | None, raw: bool
-    ) -> str:
-        """Ollama's /api/generate: the prompt through the template unless raw."""
+    def prompt_for(self, model: ResolvedModel, request: GenerationRequest) -> str:
         manifest = model.stored.manifest
-        template = manifest.template or manifest.facts.chat_template
-        if raw or not template:
-            prefix = system or ("" if raw else manifest.system) or ""
+        template = request.template or manifest.template or manifest.facts.chat_template
+        facts = manifest.facts
+        if request.suffix is not None:
+            if not facts.fim_tokens:
+                raise BadRequestError(
+                    f"suffix: {model.name} does not support fill-in-the-middle "
+                    "(its GGUF has no FIM prefix/suffix/middle tokens)"
+                )
+            pre, suf, mid = facts.fim_tokens
+            return f"{pre}{request.prompt or ''}{suf}{request.suffix}{mid}"
+        if request.messages is not None:
+            # The Modelfile's MESSAGEs come first, as in Ollama.
+            messages = [*manifest.messages, *request.messages]
+            if manifest.system and not any(m["role"] == "system" for m in messages):
+                messages = [{"role": "system", "content": manifest.system}, *messages]
+            tools = request.tools if request.uses_tools else None
+            if tools and not template_supports_tools(template):
+                raise BadRequestError(f"{model.name} does not support tools")
+            return render_chat(
+                template,
+                messages,
+                bos_token=facts.bos_token,
+                eos_token=facts.eos_token,
+                tools=tools,
+                variables=self._thinking_variables(model, request, template),
+            )
+        prompt = request.prompt or ""
+        if request.raw or not template:
+            prefix = request.system or ("" if request.raw else manifest.system) or ""
             return f"{prefix}\n\n{prompt}" if prefix else prompt
         messages = []
-        if system or manifest.system:
-            messages.append({"role": "system", "content": system or manifest.system})
+        if request.system or manifest.system:
+            messages.append({"role": "system", "content": request.system or manifest.system})
+        messages.extend(manifest.messages)
         messages.append({"role": "user", "content": prompt})
         return render_chat(
             template,
             messages,
-            bos_token=manifest.facts.bos_token,
-            eos_token=manifest.facts.eos_token,
+            bos_token=facts.bos_token,
+            eos_token=facts.eos_token,
+            variables=self._thinking_variables(model, request, template),
         )
 
-    async def load(self, model: ResolvedModel, keep_alive_s: float | None) -> int:
-        """Load (or keep) a model without generating; returns the load duration in ns."""
-        started = time.perf_counter_ns()
-        lease = await self.scheduler.acquire(model.spec, keep_alive_s)
-        lease.release(keep_alive_s)
-        return time.perf_counter_ns() - started
+    @staticmethod
+    def _thinking_variables(
+        model: ResolvedModel, request: GenerationRequest, template: str | None
+    ) -> dict[str, Any]:
+        """`think` as the templates of thinking models read it (`enable_thinking`, and a
+        reasoning effort); a model that cannot think refuses `think: true` (400)."""
+        think = request.think
+        if think is None:
+            return {}
+        if think is not False and not template_supports_thinking(template):
+            raise BadRequestError(f"{model.name} does not support thinking")
+        variables: dict[str, Any] = {"enable_thinking": think is not False}
+        if isinstance(think, str):
+            variables["reasoning_effort"] = think
+        return variables
 
-    async def generate(
-        self,
-        model: ResolvedModel,
-        prompt: str,
-        *,
-        fmt: str | dict[str, Any] | None,
-        keep_alive_s: float | None,
-        endpoint: str,
-    ) -> AsyncIterator[Frame]:
-        """Token frames, then one `done` frame carrying Ollama's timing fields.
+    # ---- load / unload -------------------------------------------------------------------
 
-        Closing the iterator early (the client went away) cancels the generation.
-        """
+    async def load(
+        self, raw_name: str, options: dict[str, Any], keep_alive_s: float | None
+    ) -> tuple[str, int]:
+        """Load (or keep) a model without generating: (its name, load duration in ns)."""
+        model = await self.resolve(raw_name, options)
         started = time.perf_counter_ns()
-        # -- monitoring (issue 6): a request id ties started/progress/finished/ended
-        # together; a request refused or abandoned while queued is reported as ended.
-        request_id = new_request_id()
-        try:
-            lease = await self.scheduler.acquire(model.spec, keep_alive_s)
-        except BaseException as exc:
-            refused = "rejected" if isinstance(exc, BusyError) else "error"
-            self.events.publish(
-                "request_ended",
-                request_id=request_id,
-                model=model.name,
-                endpoint=endpoint,
-                outcome="cancel" if isinstance(exc, asyncio.CancelledError) else refused,
-                error=str(exc) or type(exc).__name__,
+        async with self.scheduler.lease(model.spec, keep_alive_s):
+            pass
+        return model.name, time.perf_counter_ns() - started
+
+    async def unload(self, raw_name: str) -> str:
+        """Unload a model now (or once its requests finish); returns its name."""
+        stored = await asyncio.to_thread(self.store.get, ModelName.parse(raw_name))
+        await self.scheduler.unload(stored.name)
+        return stored.name.display()
+
+    # ---- generation ----------------------------------------------------------------------
+
+    async def start(self, request: GenerationRequest) -> Generation:
+        """Resolve the model and render the prompt (errors here are the request's own:
+        404, 400); the generation itself runs when `Generation.events()` is iterated."""
+        started = time.perf_counter_ns()
+        model = await self.resolve(request.model, request.options)
+        prompt = self.prompt_for(model, request)
+        if request.uses_tools and request.tool_choice.forced:
+            if request.format is not None:
+                raise BadRequestError("format cannot be combined with a forced tool_choice")
+            schema = tool_call_schema(
+                request.tools or [],
+                request.tool_choice,
+                request.parallel_tool_calls,
+                max_calls=MAX_PARALLEL_CALLS,
             )
-            raise
-        load_ns = time.perf_counter_ns() - started
-        first_token_ns = 0
-        request_started = time.time()
-        self.events.publish(
-            "request_started", request_id=request_id, model=model.name, endpoint=endpoint
-        )
-        progress = ProgressReporter(
-            self.events,
-            model=model.name,
-            endpoint=endpoint,
-            request_id=request_id,
-            started=started / 1e9,
-        )
-        outcome = "error"
-        eval_count = 0
-        try:
-            message = {
-                "op": "generate",
-                "prompt": prompt,
-                "options": model.options,
-                "format": fmt,
-            }
-            finished = False
-            async with lease.runner.request(message) as frames:
-                async for frame in frames:
-                    if frame.get("event") == "done":
-                        finished = True
-                        outcome = str(frame.get("done_reason", "stop"))
-                        eval_count = int(frame.get("eval_count", 0))
-                        frame = {
-                            **frame,
-                            "load_duration": load_ns,
-                            "total_duration": time.perf_counter_ns() - started,
-                        }
-                        self.events.publish(
-                            "request_finished",
-                            request_id=request_id,
-                            model=model.name,
-                            endpoint=endpoint,
-                            prompt_tokens=frame.get("prompt_eval_count", 0),
-                            eval_count=eval_count,
-                            ttft_ms=(first_token_ns - started) / 1e6 if first_token_ns else None,
-                            tokens_per_second=_rate(eval_count, int(frame.get("eval_duration", 0))),
-                            duration_s=time.time() - request_started,
-                        )
-                    else:
-                        if not first_token_ns:
-                            first_token_ns = time.perf_counter_ns()
-                        progress.token()  # publishes request_progress every ~250 ms
-                    yield frame
-            if not finished:
-                raise RunnerError(f"the runner for {model.name} ended the answer without a result")
-        except (asyncio.CancelledError, GeneratorExit):
-            outcome = "cancel"
-            raise
-        finally:
-            lease.release(keep_alive_s)
-            if outcome in ("cancel", "error"):
-                self.events.publish(
-                    "request_ended",
-                    request_id=request_id,
-                    model=model.name,
-                    endpoint=endpoint,
-                    outcome=outcome,
-                    eval_count=progress.count,
-                    duration_s=time.time() - request_started,
-                )
+            request = dataclasses.replace(request, format=schema)
+        return Generation(self, request, model, prompt, started)
 
-    async def embed(
-        self,
-        model: ResolvedModel,
-        inputs: list[str],
-        *,
-        truncate: bool,
-        normalize: bool,
-        keep_alive_s: float | None,
-    ) -> tuple[list[list[float]], int, int]:
-        """(vectors, prompt token count, load duration ns)."""
-        if not inputs:
+    async def embed(self, request: EmbeddingRequest) -> Embeddings:
+        if not request.inputs:
             raise BadRequestError("input must not be empty")
+        if request.dimensions is not None and request.dimensions < 1:
+            raise BadRequestError("dimensions must be a positive integer")
         started = time.perf_counter_ns()
-        lease = await self.scheduler.acquire(model.spec, keep_alive_s)
-        load_ns = time.perf_counter_ns() - started
-        try:
+        model = await self.resolve(request.model, request.options)
+        async with self.scheduler.lease(model.spec, request.keep_alive_s) as lease:
+            load_ns = time.perf_counter_ns() - started
             message = {
                 "op": "embed",
-                "inputs": inputs,
-                "truncate": truncate,
-                "normalize": normalize,
+                "inputs": request.inputs,
+                "truncate": request.truncate,
+                "normalize": request.normalize,
             }
             async with lease.runner.request(message) as frames:
                 async for frame in frames:
                     vectors = [list(map(float, v)) for v in frame.get("embeddings", [])]
-                    return vectors, int(frame.get("prompt_eval_count", 0)), load_ns
-        finally:
-            lease.release(keep_alive_s)
+                    if request.dimensions is not None:
+                        vectors = [_shorten(v, request.dimensions, model.name) for v in vectors]
+                    return Embeddings(
+                        model=model.name,
+                        vectors=vectors,
+                        prompt_eval_count=int(frame.get("prompt_eval_count", 0)),
+                        load_duration=load_ns,
+                        total_duration=time.perf_counter_ns() - started,
+                    )
         raise RunnerError(f"the runner for {model.name} returned no embeddings")
+
+
+class Generation:
+    """One started generation: `model_name` for the answer, `events()` to run it."""
+
+    def __init__(
+        self,
+        inference: Inference,
+        request: GenerationRequest,
+        model: ResolvedModel,
+        prompt: str,
+        started_ns: int,
+    ) -> None:
+        self._inference = inference
+        self.request = request
+        self.model = model
+        self.prompt = prompt
+        self._started = started_ns
+
+    @property
+    def model_name(self) -> str:
+        return self.model.name
+
+    def events(self) -> AsyncIterator[GenerationEvent]:
+        """Token events (content), ToolCalls when the answer called tools, then one
+        Finished. Closing the iterator early (the client went away) cancels the
+        generation in the runner."""
+        manifest = self.model.stored.manifest
+        template = self.request.template or manifest.template or manifest.facts.chat_template
+        events: AsyncIterator[Any] = self._run()
+        if self.request.think is not False and template_supports_thinking(template):
+            events = _with_thinking(events, started_inside=_opens_thinking(self.prompt))
+        if not self.request.uses_tools:
+            return events
+        return _with_tool_calls(
+            events,
+            forced=self.request.tool_choice.forced,
+            fmt=detect_tool_format(template),
+            names=[t["function"]["name"] for t in self.request.tools or []],
+        )
+
+    async def _run(self) -> AsyncIterator[Token | Finished]:
+        inference, request, model = self._inference, self.request, self.model
+        events, scheduler = inference.events, inference.scheduler
+        started = self._started
+        # A request id ties started/progress/finished/ended events together; a request
+        # refused or abandoned while queued is reported as ended.
+        request_id = new_request_id()
+        endpoint = request.endpoint
+        keep_alive_s = request.keep_alive_s
+        # `held` holds the lease for the whole generation: leaving it releases the lease
+        # once, however the generation ends (answer, error, cancel, closed iterator).
+        async with contextlib.AsyncExitStack() as held:
+            try:
+                lease = await held.enter_async_context(scheduler.lease(model.spec, keep_alive_s))
+            except BaseException as exc:
+                refused = "rejected" if isinstance(exc, BusyError) else "error"
+                events.publish(
+                    "request_ended",
+                    request_id=request_id,
+                    model=model.name,
+                    endpoint=endpoint,
+                    outcome="cancel" if isinstance(exc, asyncio.CancelledError) else refused,
+                    error=str(exc) or type(exc).__name__,
+                )
+                raise
+            load_ns = time.perf_counter_ns() - started
+            first_token_ns = 0
+            request_started = time.time()
+            events.publish(
+                "request_started", request_id=request_id, model=model.name, endpoint=endpoint
+            )
+            progress = ProgressReporter(
+                events,
+                model=model.name,
+                endpoint=endpoint,
+                request_id=request_id,
+                started=started / 1e9,
+            )
+            outcome = "error"
+            try:
+                message = {
+                    "op": "generate",
+                    "prompt": self.prompt,
+                    "options": model.options,
+                    "format": request.format,
+                }
+                finished = False
+                async with lease.runner.request(message) as frames:
+                    async for frame in frames:
+                        if frame.get("event") != "done":
+                            if not first_token_ns:
+                                first_token_ns = time.perf_counter_ns()
+                            progress.token()  # publishes request_progress every ~250 ms
+                            yield Token(str(frame.get("text", "")))
+                            continue
+                        finished = True
+                        outcome = str(frame.get("done_reason", "stop"))
+                        done = Finished(
+                            done_reason=outcome,
+                            prompt_eval_count=int(frame.get("prompt_eval_count", 0)),
+                            prompt_eval_duration=int(frame.get("prompt_eval_duration", 0)),
+                            eval_count=int(frame.get("eval_count", 0)),
+                            eval_duration=int(frame.get("eval_duration", 0)),
+                            load_duration=load_ns,
+                            total_duration=time.perf_counter_ns() - started,
+                            prompt_tokens=int(
+                                frame.get("prompt_tokens") or frame.get("prompt_eval_count") or 0
+                            ),
+                        )
+                        events.publish(
+                            "request_finished",
+                            request_id=request_id,
+                            model=model.name,
+                            endpoint=endpoint,
+                            prompt_tokens=done.prompt_eval_count,
+                            eval_count=done.eval_count,
+                            ttft_ms=(first_token_ns - started) / 1e6 if first_token_ns else None,
+                            tokens_per_second=_rate(done.eval_count, done.eval_duration),
+                            duration_s=time.time() - request_started,
+                        )
+                        yield done
+                if not finished:
+                    raise RunnerError(
+                        f"the runner for {model.name} ended the answer without a result"
+                    )
+            except (asyncio.CancelledError, GeneratorExit):
+                outcome = "cancel"
+                raise
+            finally:  # leaving `held` then releases the lease
+                if outcome in ("cancel", "error"):
+                    events.publish(
+                        "request_ended",
+                        request_id=request_id,
+                        model=model.name,
+                        endpoint=endpoint,
+                        outcome=outcome,
+                        eval_count=progress.count,
+                        duration_s=time.time() - request_started,
+                    )
+
+
+def _opens_thinking(prompt: str) -> bool:
+    """Whether the rendered prompt leaves the model inside a `<think>` block already."""
+    tail = prompt.rstrip()
+    return any(tail.endswith(opening) for opening, _ in TAG_PAIRS)
+
+
+async def _with_thinking(
+    events: AsyncIterator[GenerationEvent], *, started_inside: bool
+) -> AsyncIterator[GenerationEvent]:
+    """Reasoning (`<think>...</think>`) as Thinking events, the rest as content."""
+    splitter = ThinkingSplitter(started_inside=started_inside)
+    try:
+        async for event in events:
+            if isinstance(event, Token):
+                split = splitter.push(event.text)
+            elif isinstance(event, Finished):
+                split = splitter.finish()
+            else:
+                yield event
+                continue
+            if split.thinking:
+                yield Thinking(split.thinking)
+            if split.content:
+                yield Token(split.content)
+            if isinstance(event, Finished):
+                yield event
+    finally:
+        aclose = getattr(events, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+async def _with_tool_calls(
+    events: AsyncIterator[GenerationEvent], *, forced: bool, fmt: ToolFormat, names: list[str]
+) -> AsyncIterator[GenerationEvent]:
+    """Content tokens with tool calls taken out: a forced answer (grammar-constrained)
+    is all calls; otherwise text that turns out to be a call is never sent as content."""
+    detector = ToolCallStream(fmt, names)
+    forced_text: list[str] = []
+    try:
+        async for event in events:
+            if isinstance(event, Token):
+                if forced:
+                    forced_text.append(event.text)
+                elif text := detector.push(event.text):
+                    yield Token(text)
+                continue
+            if not isinstance(event, Finished):
+                yield event
+                continue
+            if forced:
+                calls = parse_constrained("".join(forced_text))
+            else:
+                rest, calls = detector.finish()
+                if rest:
+                    yield Token(rest)
+            if calls:
+                yield ToolCalls(calls)
+            yield event
+    finally:
+        aclose = getattr(events, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+def _shorten(vector: list[float], dimensions: int, model: str) -> list[float]:
+    """The first `dimensions` values, renormalised to unit length."""
+    if dimensions > len(vector):
+        raise BadRequestError(
+            f"dimensions {dimensions} is larger than {model}'s embedding size {len(vector)}"
+        )
+    head = vector[:dimensions]
+    norm = math.sqrt(sum(x * x for x in head))
+    return [x / norm for x in head] if norm > 0 else head
 
 
 def _rate(count: int, duration_ns: int) -> float:
     return count / (duration_ns / 1e9) if duration_ns > 0 else 0.0
 
 
-@contextlib.asynccontextmanager
-async def closing(frames: AsyncIterator[Frame]) -> AsyncIterator[AsyncIterator[Frame]]:
+@dataclass(frozen=True)
+class Answer:
+    """A whole generation, for answers that are not streamed."""
+
+    text: str
+    calls: list[ToolCall]
+    finished: Finished
+    thinking: str = ""
+
+
+async def collect(events: AsyncIterator[GenerationEvent]) -> Answer:
+    parts: list[str] = []
+    thoughts: list[str] = []
+    calls: list[ToolCall] = []
+    final: Finished | None = None
     try:
-        yield frames
+        async for event in events:
+            if isinstance(event, Token):
+                parts.append(event.text)
+            elif isinstance(event, Thinking):
+                thoughts.append(event.text)
+            elif isinstance(event, ToolCalls):
+                calls.extend(event.calls)
+            else:
+                final = event
     finally:
-        aclose = getattr(frames, "aclose", None)
+        aclose = getattr(events, "aclose", None)
         if aclose is not None:
             await aclose()
+    if final is None:
+        raise RunnerError("the generation ended without a result")
+    return Answer("".join(parts), calls, final, "".join(thoughts))

@@ -64,6 +64,16 @@ def get_str(body: dict[str, Any], key: str, *, required: bool = False) -> str | 
     return value
 
 
+def get_int(body: dict[str, Any], key: str) -> int | None:
+    """An optional integer field (a bool is not an integer)."""
+    value = body.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BadRequestError(f"field '{key}' must be an integer")
+    return value
+
+
 def get_bool(body: dict[str, Any], key: str, default: bool) -> bool:
     value = body.get(key, default)
     if value is None:

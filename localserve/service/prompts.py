@@ -6,6 +6,7 @@ environment. A model without a template gets a plain ChatML-style fallback.
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from typing import Any
 
@@ -76,17 +77,22 @@ def render_chat(
     bos_token: str | None = None,
     eos_token: str | None = None,
     add_generation_prompt: bool = True,
+    tools: list[dict[str, Any]] | None = None,
+    variables: dict[str, Any] | None = None,
 ) -> str:
     """Render the prompt; any failure of the template (which is code from a model file)
-    is a 400 naming it, never a 500."""
+    is a 400 naming it, never a 500. `tools` are passed as the `tools` variable, in the
+    OpenAI shape the Jinja templates of real models expect."""
     try:
         compiled = _compile(template or FALLBACK_TEMPLATE)
+        extra: dict[str, Any] = {**(variables or {}), **({"tools": tools} if tools else {})}
         return str(
             compiled.render(
                 messages=messages,
                 bos_token=bos_token or "",
                 eos_token=eos_token or "",
                 add_generation_prompt=add_generation_prompt,
+                **extra,
             )
         )
     except BadRequestError:
@@ -112,13 +118,65 @@ def validate_messages(raw: object) -> list[dict[str, Any]]:
             raise BadRequestError(
                 f"messages[{index}].role must be one of {', '.join(sorted(VALID_ROLES))}"
             )
+        if item.get("images"):
+            raise BadRequestError(f"messages[{index}].images: this model does not support images")
         content = item.get("content", "")
         if content is None:
             content = ""
-        if isinstance(content, list):  # OpenAI content parts: keep the text ones
-            texts = [p.get("text", "") for p in content if isinstance(p, dict)]
-            content = "".join(str(t) for t in texts)
+        if isinstance(content, list):  # OpenAI content parts: text only
+            texts = []
+            for part_index, part in enumerate(content):
+                kind = part.get("type", "text") if isinstance(part, dict) else None
+                if kind != "text":
+                    raise BadRequestError(
+                        f"messages[{index}].content[{part_index}]: content parts of type "
+                        f"{kind!r} are not supported (this model does not support images "
+                        "or audio)"
+                    )
+                texts.append(str(part.get("text", "")))
+            content = "".join(texts)
         if not isinstance(content, str):
             raise BadRequestError(f"messages[{index}].content must be a string")
-        messages.append({"role": role, "content": content})
+        message: dict[str, Any] = {"role": role, "content": content}
+        if item.get("tool_calls"):
+            message["tool_calls"] = _history_tool_calls(item["tool_calls"], index)
+        if role == "tool":
+            # OpenAI names the call answered (tool_call_id), Ollama the tool (tool_name).
+            for key in ("tool_call_id", "tool_name", "name"):
+                if isinstance(item.get(key), str):
+                    message[key] = item[key]
+            if "name" not in message and "tool_name" in message:
+                message["name"] = message["tool_name"]
+        messages.append(message)
     return messages
+
+
+def _history_tool_calls(raw: Any, index: int) -> list[dict[str, Any]]:
+    """An assistant message's earlier tool calls, as templates expect them: OpenAI's
+    shape with `function.arguments` as an object (both dialects' forms accepted)."""
+    where = f"messages[{index}].tool_calls"
+    if not isinstance(raw, list):
+        raise BadRequestError(f"{where} must be a list")
+    calls = []
+    for number, call in enumerate(raw):
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise BadRequestError(f"{where}[{number}].function.name must be a string")
+        arguments = function.get("arguments", {})
+        if isinstance(arguments, str):
+            try:
+                arguments = json.loads(arguments) if arguments.strip() else {}
+            except json.JSONDecodeError as exc:
+                raise BadRequestError(
+                    f"{where}[{number}].function.arguments is not valid JSON"
+                ) from exc
+        if not isinstance(arguments, dict):
+            raise BadRequestError(f"{where}[{number}].function.arguments must be an object")
+        entry: dict[str, Any] = {
+            "type": "function",
+            "function": {"name": function["name"], "arguments": arguments},
+        }
+        if isinstance(call.get("id"), str):
+            entry["id"] = call["id"]
+        calls.append(entry)
+    return calls

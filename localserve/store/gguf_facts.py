@@ -79,6 +79,9 @@ class ModelFacts:
     pooling: bool = False
     bos_token: str | None = None
     eos_token: str | None = None
+    # Fill-in-the-middle: the texts of the prefix, suffix and middle tokens, when the
+    # model has all three (Ollama's `suffix`).
+    fim_tokens: list[str] | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -749,7 +752,13 @@ def read_model_facts(path: Path) -> ModelFacts:
         and isinstance(value, str | int | float | bool)
         and not (isinstance(value, float) and not math.isfinite(value))
     }
+    fim = [
+        header.token_text(f"tokenizer.ggml.fim_{part}_token_id")
+        or header.token_text(f"tokenizer.ggml.{old}_token_id")
+        for part, old in (("pre", "prefix"), ("suf", "suffix"), ("mid", "middle"))
+    ]
     return ModelFacts(
+        fim_tokens=[t for t in fim if t] if all(fim) else None,
         bos_token=header.token_text("tokenizer.ggml.bos_token_id"),
         eos_token=header.token_text("tokenizer.ggml.eos_token_id"),
         architecture=arch,

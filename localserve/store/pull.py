@@ -284,10 +284,7 @@ class Puller:
         elif name.is_huggingface:
             repo_id, tag = hf_repo_id(name, raw_name), name.tag
         else:
-            raise NotFoundError(
-                f"cannot pull {name.display()}: pull hf.co/<org>/<repo>[:<quant>] or one of "
-                f"{', '.join(catalog.names())}"
-            )
+            raise catalog.unknown_name_error(name)
         async for update in self._pull_hub(name, repo_id, tag, entry):
             yield update
 

@@ -9,6 +9,15 @@ Layout under the store root (`LOCALSERVE_MODELS`):
 
 Every write goes to a temp file, is fsynced, then renamed into place. All methods are
 blocking; the daemon calls them through `asyncio.to_thread`.
+
+Names match case-insensitively (`localserve.names`) and keep the case they were created in:
+the manifest's path is the name as typed, and a lookup that misses the exact path scans
+each level (host, namespace, name, tag) for a case-insensitive match, preferring the exact
+spelling. Writing a name removes its other case variants, so one model has one manifest.
+The manifest bytes do not hold the name (a copy keeps its ID, the manifest digest). Stores
+written before this (lower-case namespace and name, the tag as typed, `:q4_k_m` and
+`:Q4_K_M` as two manifests) need no migration: every such path is still found, and a
+duplicate pair lists once and is deleted together.
 """
 
 from __future__ import annotations
@@ -74,6 +83,9 @@ class Manifest:
     parameters: dict[str, Any] = field(default_factory=dict)
     source: dict[str, Any] = field(default_factory=dict)
     created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
+    template_source: str | None = None  # a Go template as written (`template` is its Jinja)
+    messages: list[dict[str, str]] = field(default_factory=list)  # Modelfile MESSAGEs
+    license: list[str] = field(default_factory=list)
 
     def to_json(self) -> bytes:
         data = {
@@ -93,6 +105,9 @@ class Manifest:
                 "parameters": self.parameters,
                 "source": self.source,
                 "created_at": self.created_at,
+                **({"template_source": self.template_source} if self.template_source else {}),
+                **({"messages": self.messages} if self.messages else {}),
+                **({"license": self.license} if self.license else {}),
             },
         }
         return json.dumps(data, indent=2, sort_keys=True).encode()
@@ -111,6 +126,9 @@ class Manifest:
             parameters=dict(config.get("parameters") or {}),
             source=dict(config.get("source") or {}),
             created_at=str(config.get("created_at", "")),
+            template_source=config.get("template_source"),
+            messages=list(config.get("messages") or []),
+            license=list(config.get("license") or []),
         )
 
 
@@ -129,6 +147,14 @@ def _fsync_dir(path: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """One file under two spellings (a case-insensitive file system)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def _raise_disk_error(exc: OSError) -> None:
@@ -225,10 +251,44 @@ class Store:
     # ---- manifests ---------------------------------------------------------------------
 
     def _manifest_path(self, name: ModelName) -> Path:
+        """Where the name's manifest is written: the name as typed."""
         return self.manifests_dir.joinpath(*name.path_parts())
 
-    def _write_manifest(self, name: ModelName, manifest: Manifest) -> None:
+    def _variants(self, name: ModelName) -> builtins.list[Path]:
+        """The name's manifest files in any case, the exact spelling first."""
+        wanted = [part.lower() for part in name.path_parts()]
+        level = [self.manifests_dir]
+        for depth, part in enumerate(wanted):
+            found: builtins.list[Path] = []
+            for directory in level:
+                with contextlib.suppress(OSError):
+                    found.extend(p for p in directory.iterdir() if p.name.lower() == part)
+            level = sorted(found) if depth < 3 else sorted(p for p in found if p.is_file())
+        exact = self._manifest_path(name)
+        return sorted(level, key=lambda p: (p != exact, str(p)))
+
+    def _find_manifest(self, name: ModelName) -> Path | None:
+        """The name's manifest: the exact path, else another spelling of it."""
         path = self._manifest_path(name)
+        if path.is_file():
+            return path
+        variants = self._variants(name)
+        return variants[0] if variants else None
+
+    def _name_from_path(self, path: Path) -> ModelName:
+        host, namespace, model, tag = path.relative_to(self.manifests_dir).parts
+        return ModelName.parse(f"{host.replace('_', ':')}/{namespace}/{model}:{tag}")
+
+    def _remove_empty_dirs(self, path: Path) -> None:
+        for parent in (path.parent, path.parent.parent, path.parent.parent.parent):
+            with contextlib.suppress(OSError):
+                parent.rmdir()
+
+    def _write_manifest(self, name: ModelName, manifest: Manifest) -> None:
+        """Write the manifest at the name as typed and remove the name's other case
+        variants. The caller holds the lock."""
+        path = self._manifest_path(name)
+        others = [p for p in self._variants(name) if p != path]
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.tmp_dir, suffix=".manifest")
         try:
@@ -237,6 +297,10 @@ class Store:
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(tmp, path)
+            for other in others:
+                if not _same_file(other, path):  # a case-insensitive file system
+                    other.unlink(missing_ok=True)
+                    self._remove_empty_dirs(other)
             _fsync_dir(path.parent)
         except OSError as exc:
             Path(tmp).unlink(missing_ok=True)
@@ -252,6 +316,9 @@ class Store:
         system: str | None = None,
         parameters: dict[str, Any] | None = None,
         source: dict[str, Any] | None = None,
+        template_source: str | None = None,
+        messages: list[dict[str, str]] | None = None,
+        license: list[str] | None = None,
     ) -> Manifest:
         """Register a model from a blob already in the store; the GGUF is checked first."""
         digest = parse_digest(model_digest)
@@ -277,6 +344,9 @@ class Store:
             system=system,
             parameters=dict(parameters or {}),
             source=dict(source or {}),
+            template_source=template_source,
+            messages=list(messages or []),
+            license=list(license or []),
         )
         with self._lock:
             if not blob.is_file():  # collected between the check and the lock
@@ -285,7 +355,13 @@ class Store:
         return manifest
 
     def get(self, name: ModelName) -> StoredModel:
-        path = self._manifest_path(name)
+        """The model of that name in any case; its `name` is spelt as it was created."""
+        path = self._find_manifest(name)
+        if path is None:
+            raise ModelNotFoundError(name.display())
+        return self._load(path, name)
+
+    def _load(self, path: Path, name: ModelName) -> StoredModel:
         try:
             raw = path.read_bytes()
             stat = path.stat()
@@ -295,8 +371,11 @@ class Store:
             manifest = Manifest.from_json(raw)
         except (ValueError, KeyError, StopIteration, TypeError) as exc:
             raise LocalserveError(f"manifest for {name.display()} is corrupt: {exc}") from exc
+        stored_name = name
+        with contextlib.suppress(LocalserveError, ValueError):
+            stored_name = self._name_from_path(path)
         return StoredModel(
-            name=name,
+            name=stored_name,
             manifest=manifest,
             digest="sha256:" + hashlib.sha256(raw).hexdigest(),
             modified_at=datetime.fromtimestamp(stat.st_mtime, UTC),
@@ -310,15 +389,19 @@ class Store:
             raise NotFoundError(f"blob for {name.display()} is missing from the store")
         return path
 
+    def _manifest_files(self) -> builtins.list[Path]:
+        return [p for p in sorted(self.manifests_dir.glob("*/*/*/*")) if p.is_file()]
+
     def list(self) -> list[StoredModel]:
         models: list[StoredModel] = []
-        for path in sorted(self.manifests_dir.glob("*/*/*/*")):
-            if not path.is_file():
-                continue
-            host, namespace, model, tag = path.relative_to(self.manifests_dir).parts
+        seen: set[ModelName] = set()
+        for path in self._manifest_files():
             try:
-                name = ModelName.parse(f"{host.replace('_', ':')}/{namespace}/{model}:{tag}")
-                models.append(self.get(name))
+                name = self._name_from_path(path)
+                if name in seen:  # another spelling of a listed model (an older store's)
+                    continue
+                seen.add(name)
+                models.append(self._load(path, name))
             except LocalserveError:
                 continue  # a stray or corrupt file is not a model; `list` must not fail
         models.sort(key=lambda m: m.modified_at, reverse=True)
@@ -332,21 +415,26 @@ class Store:
             self._write_manifest(destination, stored.manifest)
 
     def delete(self, name: ModelName) -> builtins.list[str]:
-        """Remove a model's manifest, then collect blobs nothing references any more."""
-        path = self._manifest_path(name)
+        """Remove a model's manifest (every case variant of its name), then collect blobs
+        nothing references any more."""
         with self._lock:
-            model_digest = self.get(name).manifest.model_digest
-            manifest_mtime = path.stat().st_mtime
-            path.unlink()
-            for parent in (path.parent, path.parent.parent, path.parent.parent.parent):
-                with contextlib.suppress(OSError):
-                    parent.rmdir()
+            self.get(name)  # 404 when there is none
+            removed: dict[str, float] = {}  # digest -> newest mtime of a removed manifest
+            for variant in self._variants(name):
+                with contextlib.suppress(LocalserveError, OSError):
+                    digest = self._load(variant, name).manifest.model_digest
+                    removed[digest] = max(removed.get(digest, 0.0), variant.stat().st_mtime)
+                variant.unlink(missing_ok=True)
+                self._remove_empty_dirs(variant)
             freed = []
-            blob = self.blob_path(model_digest)
-            if model_digest not in self._referenced_digests():
+            referenced = self._referenced_digests()
+            for model_digest, manifest_mtime in removed.items():
+                if model_digest in referenced:
+                    continue
                 with contextlib.suppress(OSError):
                     # A blob registered again after this manifest was written belongs to
                     # an upload awaiting /api/create: leave it to the grace period.
+                    blob = self.blob_path(model_digest)
                     if blob.stat().st_mtime <= manifest_mtime:
                         blob.unlink()
                         freed.append(model_digest)
@@ -355,7 +443,13 @@ class Store:
     # ---- garbage collection ------------------------------------------------------------
 
     def _referenced_digests(self) -> set[str]:
-        return {m.manifest.model_digest for m in self.list()}
+        """The blobs any manifest file names (also case variants `list` does not show)."""
+        digests: set[str] = set()
+        for path in self._manifest_files():
+            unreadable = (OSError, ValueError, KeyError, StopIteration, TypeError, LocalserveError)
+            with contextlib.suppress(*unreadable):
+                digests.add(Manifest.from_json(path.read_bytes()).model_digest)
+        return digests
 
     def _remove_blob_if_unreferenced(self, digest: str) -> None:
         with self._lock:

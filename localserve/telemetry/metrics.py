@@ -48,6 +48,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from localserve.scheduling.scheduler import ModelSnapshot
 from localserve.telemetry.events import Event, EventBus
 
 log = logging.getLogger("localserve.telemetry.metrics")
@@ -62,7 +63,7 @@ DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 RATE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 LOAD_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
-Snapshot = Callable[[], list[dict[str, Any]]]
+Snapshot = Callable[[], list[ModelSnapshot]]
 SystemSample = Callable[[], dict[str, Any] | None]
 
 

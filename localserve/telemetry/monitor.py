@@ -51,6 +51,7 @@ from typing import Any
 import psutil
 
 from localserve.scheduling.gpu import GpuProbe
+from localserve.scheduling.scheduler import ModelSnapshot
 from localserve.telemetry.events import Event, EventBus
 
 log = logging.getLogger("localserve.telemetry.monitor")
@@ -59,7 +60,7 @@ SYSTEM_INTERVAL_S = 1.0
 PROGRESS_INTERVAL_S = 0.25
 COALESCER_MAX_EVENTS = 1000
 
-Snapshot = Callable[[], list[dict[str, Any]]]
+Snapshot = Callable[[], list[ModelSnapshot]]
 
 _request_counter = itertools.count(1)
 _request_prefix = f"{os.getpid():x}"
@@ -181,7 +182,7 @@ class SystemMonitor:
         """Measure once, publish a `system` event, and return its fields."""
         # The snapshot is read on the event loop (the scheduler's structures are not
         # thread-safe); only the measuring goes to a worker thread.
-        runners = [(row["model"], int(row["pid"])) for row in self.snapshot() if row.get("pid")]
+        runners = [(row["model"], pid) for row in self.snapshot() if (pid := row["pid"])]
         fields = await asyncio.to_thread(self.measure, runners)
         self.latest = fields
         self.events.publish("system", **fields)

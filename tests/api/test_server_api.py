@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from daemon_harness import DaemonThread, running_daemon
+from eventually import eventually
 from gguf_factory import write_tiny_gguf
 
 
@@ -143,9 +144,7 @@ def test_keep_alive_expires_after_its_duration(daemon: DaemonThread) -> None:
     assert row["state"] == "ready" and row["load_progress"] == 1.0
     assert row["gpu_layers"] == 0 and row["pid"] > 0 and row["slots"] >= 1
     assert row["threads"] == 1  # test daemons run 1 thread
-    deadline = time.time() + 10
-    while daemon.ps() and time.time() < deadline:
-        time.sleep(0.1)
+    eventually(lambda: daemon.ps() == [], 10, interval=0.05, what="expiry after a 1 s keep-alive")
     assert daemon.ps() == []
 
 
@@ -355,9 +354,7 @@ def test_client_disconnect_cancels_generation_and_frees_the_runner(tmp_path: Pat
         response.readline()
         assert d.ps()[0]["in_flight"] == 1
         conn.close()
-        deadline = time.time() + 5
-        while d.ps()[0]["in_flight"] and time.time() < deadline:
-            time.sleep(0.05)
+        eventually(lambda: d.ps()[0]["in_flight"] == 0, 5, what="the cancelled request gone")
         assert d.ps()[0]["in_flight"] == 0
         started = time.time()
         _status, body = post_json(
@@ -378,9 +375,7 @@ def test_queue_overflow_answers_503_with_retry_after(tmp_path: Path) -> None:
         host, port = d.base_url.removeprefix("http://").split(":")
         second_conn = http.client.HTTPConnection(host, int(port), timeout=60)
         second_conn.request("POST", "/api/generate", json.dumps(long_body))
-        deadline = time.time() + 5
-        while d.ps()[0]["in_flight"] < 2 and time.time() < deadline:
-            time.sleep(0.05)
+        eventually(lambda: d.ps()[0]["in_flight"] >= 2, 5, what="the second request queued")
         status, headers, body = request(d.base_url, "POST", "/api/generate", long_body)
         assert status == 503
         assert int(headers["Retry-After"]) >= 1

@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Any
 import psutil
 import pytest
 from daemon_harness import DaemonThread, make_settings, running_daemon
+from eventually import eventually
 from gguf_factory import write_tiny_gguf
 from test_server_api import post_json, request
 
@@ -182,6 +184,13 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def answering(base: str) -> bool:
+    try:
+        return request(base, "GET", "/api/version")[0] == 200
+    except OSError:
+        return False
+
+
 def _start_daemon_process(tmp_path: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = _free_port()
     env = {
@@ -196,15 +205,39 @@ def _start_daemon_process(tmp_path: Path) -> tuple[subprocess.Popen[bytes], str]
         [sys.executable, "-m", "localserve"], env=env, stderr=subprocess.PIPE
     )
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if request(base, "GET", "/api/version")[0] == 200:
-                return process, base
-        except OSError:
-            time.sleep(0.05)
-    process.kill()
-    raise AssertionError("the daemon did not start")
+    try:
+        eventually(lambda: answering(base), 30, interval=0.05, what="the daemon answering")
+    except AssertionError:
+        process.kill()
+        raise
+    return process, base
+
+
+class StderrLines:
+    """Reads a process's stderr in a thread, so a test can wait for a line and still
+    read everything at the end."""
+
+    def __init__(self, process: subprocess.Popen[bytes]) -> None:
+        assert process.stderr is not None
+        self._stream = process.stderr
+        self._data = bytearray()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        for line in iter(self._stream.readline, b""):
+            with self._lock:
+                self._data += line
+
+    def text(self) -> bytes:
+        with self._lock:
+            return bytes(self._data)
+
+    def all(self, timeout: float = 10) -> bytes:
+        """Everything, once the process closed its stderr."""
+        self._thread.join(timeout)
+        return self.text()
 
 
 def test_a_second_signal_exits_at_once_and_kills_the_runners(tmp_path: Path) -> None:
@@ -224,8 +257,9 @@ def test_a_second_signal_exits_at_once_and_kills_the_runners(tmp_path: Path) -> 
         assert runners
         for runner in runners:  # a runner that never answers keeps the graceful stop waiting
             runner.suspend()
+        stderr = StderrLines(process)
         process.send_signal(signal.SIGINT)
-        time.sleep(0.5)
+        eventually(lambda: b"shutting down" in stderr.text(), 10, what="the first signal handled")
         assert process.poll() is None, "the graceful shutdown should still be waiting"
         started = time.monotonic()
         process.send_signal(signal.SIGINT)
@@ -233,7 +267,7 @@ def test_a_second_signal_exits_at_once_and_kills_the_runners(tmp_path: Path) -> 
         assert time.monotonic() - started < 2
         _, alive = psutil.wait_procs(runners, timeout=5)
         assert alive == []
-        assert b"second signal" in (process.stderr.read() if process.stderr else b"")
+        assert b"second signal" in stderr.all()
     finally:
         if process.poll() is None:
             process.kill()
@@ -249,10 +283,11 @@ def test_uploads_cut_by_a_killed_daemon_leave_no_partial_files(tmp_path: Path) -
             b"POST /api/blobs/sha256:" + b"0" * 64 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n"
             b"Content-Length: 100000000\r\n\r\n" + b"x" * 4_000_000
         )
-        deadline = time.monotonic() + 10
-        while not any(p.suffix == ".part" and p.stat().st_size for p in tmp_dir.iterdir()):
-            assert time.monotonic() < deadline, "the upload never reached the store"
-            time.sleep(0.02)
+        eventually(
+            lambda: any(p.suffix == ".part" and p.stat().st_size for p in tmp_dir.iterdir()),
+            10,
+            what="the upload reaching the store",
+        )
         process.kill()
         process.wait(10)
         sock.close()

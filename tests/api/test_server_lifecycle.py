@@ -8,13 +8,14 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import psutil
 import pytest
+from eventually import eventually
 from gguf_factory import write_tiny_gguf
+from test_server_faults import answering
 
 from localserve.names import ModelName
 from localserve.store.store import Store
@@ -42,12 +43,7 @@ def test_signal_stops_the_daemon_and_its_runners(tmp_path: Path, signum: int) ->
     daemon = subprocess.Popen([sys.executable, "-m", "localserve"], env=env, stderr=subprocess.PIPE)
     try:
         base = f"http://127.0.0.1:{port}"
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(base + "/api/version", timeout=1).read()
-                break
-            except OSError:
-                time.sleep(0.1)
+        eventually(lambda: answering(base), 30, interval=0.05, what="the daemon answering")
         body = json.dumps(
             {"model": "tiny", "prompt": "x", "stream": False, "options": {"num_predict": 2}}
         ).encode()

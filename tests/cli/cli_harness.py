@@ -8,12 +8,12 @@ import os
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from eventually import eventually
 from typer.testing import CliRunner, Result
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,16 +46,22 @@ def child_env(env: dict[str, str]) -> dict[str, str]:
 
 
 def wait_until_answering(url: str, process: subprocess.Popen[bytes], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    """Return once `url` answers /api/version; RuntimeError when the process exits first
+    or nothing answers within `timeout`."""
+
+    def answering() -> bool:
         if process.poll() is not None:
             raise RuntimeError(f"daemon exited with {process.returncode}")
         try:
             with urllib.request.urlopen(url + "/api/version", timeout=1):
-                return
+                return True
         except OSError:
-            time.sleep(0.1)
-    raise RuntimeError("daemon did not answer")
+            return False
+
+    try:
+        eventually(answering, timeout, interval=0.1, what=f"the daemon answering at {url}")
+    except AssertionError as exc:
+        raise RuntimeError(f"daemon did not answer: {exc}") from None
 
 
 @dataclass

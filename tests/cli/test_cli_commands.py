@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from cli_harness import CliDaemon, cli_env, free_port
+from eventually import eventually, eventually_async
 from typer.testing import CliRunner
 
 from localserve.config import load_settings
@@ -115,11 +115,12 @@ def test_ps_shows_a_loaded_model_and_stop_unloads_it(
     assert any(m["name"] == "loaded:latest" and m["context_length"] > 0 for m in models)
 
     assert cli_daemon.invoke("stop", "loaded").exit_code == 0
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if "loaded:latest" not in cli_daemon.invoke("ps").stdout:
-            break
-        time.sleep(0.2)
+    eventually(
+        lambda: "loaded:latest" not in cli_daemon.invoke("ps").stdout,
+        20,
+        interval=0.2,
+        what="`ps` without the stopped model",
+    )
     assert "loaded:latest" not in cli_daemon.invoke("ps").stdout
 
 
@@ -381,25 +382,25 @@ class RecordingStatus:
 def test_the_load_spinner_shows_the_daemons_load_progress(
     cli_daemon: CliDaemon, tiny_model: TinyModelFactory
 ) -> None:
+    from daemon_harness import SubscribedClient
+
     from localserve.cli.app import load_progress_shown
-    from localserve.client.http import LocalserveClient
 
     create(cli_daemon, "progress", tiny_model("p"))
     create(cli_daemon, "other", tiny_model("o"))
     status = RecordingStatus()
 
     async def load_both() -> None:
-        async with (
-            LocalserveClient(cli_daemon.base_url) as client,
-            load_progress_shown(client, "progress", status),
-        ):
-            await asyncio.sleep(0.3)  # the event subscription is registered
+        client = SubscribedClient(cli_daemon.base_url)
+        async with client, load_progress_shown(client, "progress", status):
+            await eventually_async(
+                lambda: client.subscriptions >= 1, what="the spinner's event stream subscribed"
+            )
             await client.load("other")  # not ours: the spinner ignores it
             await client.load("progress")
-            for _ in range(100):
-                if status.texts and status.texts[-1] == "":
-                    break
-                await asyncio.sleep(0.05)
+            await eventually_async(
+                lambda: status.texts and status.texts[-1] == "", what="the spinner told: loaded"
+            )
 
     asyncio.run(load_both())
     *loading, loaded = status.texts

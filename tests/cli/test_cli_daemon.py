@@ -12,12 +12,12 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import psutil
 import pytest
 from cli_harness import free_port
+from eventually import eventually
 
 from localserve.client import background
 from localserve.config import Settings
@@ -181,10 +181,7 @@ def test_stop_refuses_a_daemon_it_did_not_start(
     env = {**os.environ, "LOCALSERVE_HOST": f"127.0.0.1:{settings.port}"}
     process = subprocess.Popen(fake_command, env=env, stdout=subprocess.DEVNULL)
     try:
-        for _ in range(100):
-            if background.is_answering(settings):
-                break
-            time.sleep(0.1)
+        eventually(lambda: background.is_answering(settings), 10, what="the fake daemon answering")
         state = background.status(settings)
         assert state.running and not state.managed
         with pytest.raises(background.DaemonNotManagedError, match="not started"):

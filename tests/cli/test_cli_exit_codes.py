@@ -21,7 +21,7 @@ from localserve.errors import ConfigError
 
 # isort: split
 from localserve.cli import app as cli
-from localserve.cli.app import ExitCode, error_message, exit_code_for
+from localserve.cli.app import error_message, exit_code_for
 
 
 @pytest.mark.parametrize(
@@ -69,10 +69,6 @@ def test_busy_mentions_retry_after() -> None:
 
 def test_unauthorized_points_at_the_api_key() -> None:
     assert "LOCALSERVE_API_KEY" in error_message(APIError(401, "missing bearer token"))
-
-
-def test_exit_codes_are_ints_for_shells() -> None:
-    assert int(ExitCode.INTERRUPTED) == 130 and int(ExitCode.BUSY) == 5
 
 
 def test_a_model_too_large_for_the_memory_budget_says_what_to_try() -> None:

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from asyncio import FIRST_COMPLETED
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_harness import DaemonThread, running_daemon
+from daemon_harness import DaemonThread, read_sse_until_subscribed, running_daemon
+from eventually import eventually_async
 from gguf_factory import write_tiny_gguf
 
 from localserve.client.http import LocalserveClient
@@ -31,28 +33,37 @@ def daemon(tmp_path: Path) -> Iterator[DaemonThread]:
 
 
 class Recorder:
-    """Collect the SSE stream in the background; `until()` waits for a matching event."""
+    """Collect the SSE stream in the background; `until()` waits for a matching event.
+
+    Entering waits for the stream's `subscribed` handshake (the daemon has subscribed this
+    client to its bus), so every event triggered afterwards is on the stream."""
 
     def __init__(self, client: LocalserveClient, types: list[str] | None = None) -> None:
         self.events: list[dict[str, Any]] = []
         self._client = client
         self._types = types
         self._task: asyncio.Task[None] | None = None
-        self._changed = asyncio.Event()
 
     async def __aenter__(self) -> Recorder:
-        connected = asyncio.Event()
+        subscribed = asyncio.Event()
 
         async def run() -> None:
-            stream: AsyncIterator[dict[str, Any]] = self._client.events(self._types)
-            connected.set()
+            stream: AsyncIterator[dict[str, Any]] = self._client.events(
+                self._types, subscribed=subscribed
+            )
             async for event in stream:
+                assert subscribed.is_set(), f"{event!r} came before the handshake"
                 self.events.append(event)
-                self._changed.set()
 
         self._task = asyncio.create_task(run())
-        await connected.wait()
-        await asyncio.sleep(0.3)  # the subscription is registered on the daemon side
+        handshake = asyncio.create_task(subscribed.wait())
+        await asyncio.wait({self._task, handshake}, timeout=10, return_when=FIRST_COMPLETED)
+        handshake.cancel()
+        if not subscribed.is_set():
+            if self._task.done():
+                self._task.result()  # the stream failed: its error says why
+            self._task.cancel()
+            raise AssertionError("no `subscribed` event on /api/events within 10 s")
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -60,16 +71,20 @@ class Recorder:
         self._task.cancel()
         await asyncio.gather(self._task, return_exceptions=True)
 
-    async def until(self, kind: str, timeout: float = 30, **match: Any) -> dict[str, Any]:
-        async def wait() -> dict[str, Any]:
-            while True:
-                for event in self.events:
-                    if event["type"] == kind and all(event.get(k) == v for k, v in match.items()):
-                        return event
-                self._changed.clear()
-                await self._changed.wait()
+    def find(self, kind: str, **match: Any) -> dict[str, Any] | None:
+        for event in self.events:
+            if event["type"] == kind and all(event.get(k) == v for k, v in match.items()):
+                return event
+        return None
 
-        return await asyncio.wait_for(wait(), timeout)
+    async def until(self, kind: str, timeout: float = 30, **match: Any) -> dict[str, Any]:
+        found = await eventually_async(
+            lambda: self.find(kind, **match),
+            timeout,
+            what=lambda: f"a {kind!r} event matching {match} (seen: {self.kinds()})",
+        )
+        assert found is not None
+        return found
 
     def kinds(self) -> list[str]:
         return [e["type"] for e in self.events]
@@ -122,14 +137,15 @@ async def test_system_samples_report_ram_and_each_runner_rss(daemon: DaemonThrea
         await client.load("tiny")
         loaded_pid = (await client.ps())[0]["pid"]
 
-        async def with_runner() -> dict[str, Any]:
-            while True:
-                for event in rec.events:
-                    if any(r["pid"] == loaded_pid for r in event["runners"]):
-                        return event
-                await asyncio.sleep(0.05)
+        def with_runner() -> dict[str, Any] | None:
+            for event in rec.events:
+                if any(r["pid"] == loaded_pid for r in event["runners"]):
+                    return event
+            return None
 
-        sample = await asyncio.wait_for(with_runner(), 10)
+        sample = await eventually_async(
+            with_runner, 10, what=f"a system sample listing the runner (pid {loaded_pid})"
+        )
     assert set(rec.kinds()) == {"system"}  # ?types= filtered the stream
     assert 0 < sample["ram_available"] <= sample["ram_total"]
     assert sample["gpus"] == []  # NoGpuProbe: no NVML here, and no error either
@@ -157,6 +173,7 @@ async def test_a_slow_event_consumer_neither_blocks_generation_nor_grows(
     sse.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sse.sendall(b"GET /api/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
     try:
+        read_sse_until_subscribed(sse)  # subscribed; from here on it never reads
         # Flood the bus far past a subscriber queue, then generate.
         for i in range(3000):
             daemon.loop.call_soon_threadsafe(lambda i=i: bus.publish("noise", n=i))
@@ -260,9 +277,20 @@ async def test_the_monitor_publishes_samples_until_stopped() -> None:
     bus.add_listener(seen.append)
     monitor = SystemMonitor(bus, lambda: [], FakeGpu(), interval=0.05)
     monitor.start()
-    await asyncio.sleep(0.3)
+    await eventually_async(lambda: len(seen) >= 2, what="two system samples")
     await monitor.stop()
     count = len(seen)
-    await asyncio.sleep(0.15)
+    # A second monitor on the same interval is the clock: it samples at once, then once
+    # per interval, so by its fourth sample three intervals have passed, in which the
+    # stopped one must have sent nothing.
+    ticks: list[dict[str, Any]] = []
+    clock_bus = EventBus()
+    clock_bus.add_listener(ticks.append)
+    clock = SystemMonitor(clock_bus, lambda: [], FakeGpu(), interval=0.05)
+    clock.start()
+    try:
+        await eventually_async(lambda: len(ticks) >= 4, what="three intervals of a second monitor")
+    finally:
+        await clock.stop()
     assert count >= 2 and len(seen) == count
     assert monitor.latest is not None and monitor.latest["gpus"][0]["utilization"] == 37

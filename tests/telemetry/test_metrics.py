@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from daemon_harness import DaemonThread, running_daemon
+from eventually import eventually_async
 from gguf_factory import write_tiny_gguf
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -59,9 +60,14 @@ async def test_metrics_move_after_a_request_a_load_and_an_unload(daemon: DaemonT
             pass
         _, during = await asyncio.to_thread(scrape, daemon)
         await client.unload("tiny")
-        await asyncio.sleep(0.2)
-    _, after = await asyncio.to_thread(scrape, daemon)
     model = "tiny:latest"
+
+    async def unload_counted() -> Samples | None:
+        _, samples = await asyncio.to_thread(scrape, daemon)
+        counted = value(samples, "localserve_unloads_total", model=model, reason="request")
+        return samples if counted and value(samples, "localserve_loaded_models") == 0 else None
+
+    after = await eventually_async(unload_counted, 10, interval=0.05, what="the unload counted")
     assert (
         value(during, "localserve_requests_total", model=model, endpoint="generate", status="ok")
         == 1

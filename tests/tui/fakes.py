@@ -261,6 +261,7 @@ class FakeSource:
         self.chat_reply = chat_reply
         self.calls: list[tuple[str, Any]] = []
         self.live: asyncio.Queue[JSON] = asyncio.Queue()
+        self.script_read = False  # the reader asked for more after the last scripted event
 
     def _check(self) -> None:
         if not self.reachable:
@@ -316,7 +317,6 @@ class FakeSource:
             }
             self.live.put_nowait(event)
             yield {"status": "pulling abc", "digest": "sha256:abc", "completed": completed}
-            await asyncio.sleep(0.05)
         self.live.put_nowait(
             {"type": "pull", "time": FROZEN_NOW, "model": model, "status": "success"}
         )
@@ -341,10 +341,15 @@ class FakeSource:
             }
         yield {"model": model, "message": {"role": "assistant", "content": ""}, "done": True}
 
-    async def events(self, types: Sequence[str] | None = None) -> AsyncIterator[JSON]:
+    async def events(
+        self, types: Sequence[str] | None = None, subscribed: asyncio.Event | None = None
+    ) -> AsyncIterator[JSON]:
         self._check()
+        if subscribed is not None:  # as the real client: the handshake, then the events
+            subscribed.set()
         for event in self.script:
             yield event
+        self.script_read = True
         while True:
             event = await self.live.get()
             if event.get("type") == "__disconnect__":

@@ -3,12 +3,11 @@ the start-the-daemon offer, the command palette, pulls, and the state model itse
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from fakes import FROZEN_NOW, FakeSource, frozen_clock, script
 from textual.app import SystemCommand
-from tui_helpers import settle, table_rows, wait_until
+from tui_helpers import settle, table_rows, wait_until, workers_done
 
 from localserve.tui.app import LocalserveApp
 from localserve.tui.format import sparkline
@@ -43,12 +42,12 @@ async def test_read_only_refuses_delete_unload_and_pull_and_hides_them() -> None
         await pilot.press("2")
         await wait_until(pilot, lambda: isinstance(app.screen, ModelsScreen), what="models")
         await pilot.press("D", "U", "p")
-        await pilot.pause(0.1)
+        await pilot.pause()  # the keys are handled: refused, nothing pushed
         assert isinstance(app.screen, ModelsScreen)  # no confirm, no pull dialog
         titles = palette_titles(app)
         assert not any(t.startswith(("Unload", "Pull")) for t in titles)
-        app.delete_model("smollm2:135m")  # even called directly
-        await pilot.pause(0.1)
+        await app.delete_model("smollm2:135m").wait()  # even called directly
+        assert workers_done(app, "model-action", "pull")
     assert source.calls == []
 
 
@@ -64,7 +63,7 @@ async def test_delete_unload_load_and_chat_go_through_the_source() -> None:
         await pilot.press("D")
         await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="confirm")
         await pilot.press("n")  # no: nothing deleted
-        await pilot.pause(0.1)
+        await wait_until(pilot, lambda: isinstance(app.screen, ModelsScreen), what="back")
         await pilot.press("D", "y")
         await wait_until(pilot, lambda: len(table_rows(app, "#installed")) == 2, what="deleted")
         first = "hf.co/TinyOrg/Tiny-GGUF:Q8_0"  # sorted by name, the cursor's row
@@ -153,8 +152,18 @@ async def test_a_pull_from_the_models_screen_shows_its_progress() -> None:
         await wait_until(pilot, lambda: isinstance(app.screen, ModelsScreen), what="models")
         await pilot.press("p")
         assert isinstance(app.screen, PullScreen)
-        await pilot.press(*"new:1b", "enter")
         seen: list[float] = []
+        ingest = app.state.ingest
+
+        def ingest_and_look(event: dict[str, Any]) -> None:
+            """What the state shows after each event: no step of the pull goes unseen."""
+            ingest(event)
+            pull = app.state.pulls.get("new:1b")
+            if pull is not None:
+                seen.append(pull.fraction)
+
+        app.state.ingest = ingest_and_look  # type: ignore[method-assign]
+        await pilot.press(*"new:1b", "enter")
 
         def done() -> bool:
             pull = app.state.pulls.get("new:1b")
@@ -173,7 +182,9 @@ async def test_min_size_message_replaces_the_screen_until_resized() -> None:
         await settle(pilot)
         assert app.screen.has_class("-too-small")
         await pilot.resize_terminal(100, 30)
-        await pilot.pause(0.2)
+        await wait_until(
+            pilot, lambda: not app.screen.has_class("-too-small"), what="the resized screen"
+        )
         assert not app.screen.has_class("-too-small")
 
 
@@ -261,7 +272,16 @@ async def test_bursts_of_events_coalesce_into_one_render() -> None:
                     "tokens_per_second": float(i),
                 }
             )
-        await asyncio.sleep(0.6)
+        # Until the screen has drawn the state after the last event (on a refresh tick).
+        await wait_until(
+            pilot,
+            lambda: (
+                app.state.current_rate("qwen2.5:7b-instruct") == 499.0
+                and renders
+                and renders[-1] == app.state.version
+            ),
+            what="the last event rendered",
+        )
         await pilot.pause()
         assert app.state.current_rate("qwen2.5:7b-instruct") == 499.0
         assert 1 <= len(renders) <= 4  # a few ticks, not 500 redraws

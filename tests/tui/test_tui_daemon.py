@@ -10,9 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_harness import DaemonThread, make_settings, running_daemon, running_daemon_with_hub
+from daemon_harness import (
+    DaemonThread,
+    SubscribedClient,
+    make_settings,
+    running_daemon,
+    running_daemon_with_hub,
+)
 from fake_hf_server import FakeHub
 from gguf_factory import write_tiny_gguf
+from textual.pilot import Pilot
 from tui_helpers import table_rows, wait_until
 
 from localserve.client.http import LocalserveClient, ModelNotFoundAPIError
@@ -25,7 +32,15 @@ SIZE = (120, 36)
 
 
 def tui_for(daemon: DaemonThread, **kwargs: Any) -> LocalserveApp:
-    return LocalserveApp(LocalserveClient(daemon.base_url), refresh=0.1, owns_source=True, **kwargs)
+    source = SubscribedClient(daemon.base_url)
+    return LocalserveApp(source, refresh=0.1, owns_source=True, **kwargs)
+
+
+async def wait_subscribed(pilot: Pilot[Any], app: LocalserveApp) -> None:
+    """Until the daemon has subscribed the TUI's event stream (its `subscribed` event)."""
+    source = app.source
+    assert isinstance(source, SubscribedClient)
+    await wait_until(pilot, lambda: source.subscriptions >= 1, what="the event stream subscribed")
 
 
 async def test_a_request_shows_the_model_on_the_dashboard_with_its_live_rate(
@@ -36,7 +51,7 @@ async def test_a_request_shows_the_model_on_the_dashboard_with_its_live_rate(
         app = tui_for(daemon)
         async with app.run_test(size=SIZE) as pilot, LocalserveClient(daemon.base_url) as client:
             await wait_until(pilot, lambda: app.state.connected, what="connected")
-            await pilot.pause(0.3)  # the event stream is subscribed
+            await wait_subscribed(pilot, app)
 
             async def generate() -> None:
                 async for _ in client.generate("tiny", "hi", options={"num_predict": 30000}):
@@ -119,11 +134,21 @@ async def test_pull_progress_appears_while_a_pull_runs(
     app = tui_for(daemon)
     async with app.run_test(size=SIZE) as pilot:
         await wait_until(pilot, lambda: app.state.connected, what="connected")
-        await pilot.pause(0.3)
+        await wait_subscribed(pilot, app)
         await pilot.press("2")
         await wait_until(pilot, lambda: isinstance(app.screen, ModelsScreen), what="models")
-        await pilot.press("p", *f"hf.co/{REPO}", "enter")
         fractions: list[float] = []
+        ingest = app.state.ingest
+
+        def ingest_and_look(event: dict[str, Any]) -> None:
+            """What the state shows after each event: no progress step goes unseen."""
+            ingest(event)
+            for pull in app.state.pulls.values():
+                if pull.total:
+                    fractions.append(pull.fraction)
+
+        app.state.ingest = ingest_and_look  # type: ignore[method-assign]
+        await pilot.press("p", *f"hf.co/{REPO}", "enter")
 
         def progress_seen() -> bool:
             for pull in app.state.pulls.values():

@@ -9,10 +9,10 @@ from typing import Any
 from fakes import FakeSource, frozen_clock
 from textual.pilot import Pilot
 from textual.widgets import Input
-from tui_helpers import lsapp, render_now, settle, stepping_timer, wait_until
+from tui_helpers import lsapp, render_now, settle, stepping_timer, wait_until, workers_done
 
 from localserve.tui.app import LocalserveApp
-from localserve.tui.screens import ChatScreen, ModelsScreen
+from localserve.tui.screens import ChatScreen, LogsScreen, ModelsScreen
 
 SIZE = (120, 36)
 
@@ -47,7 +47,14 @@ def test_models_filtered_and_sorted_by_size(snap_compare: Any) -> None:
     async def run_before(pilot: Pilot[Any]) -> None:
         await on_models(pilot)
         await pilot.press("s", "slash", "q", "w")
-        await pilot.pause(0.2)
+        screen = pilot.app.screen
+        assert isinstance(screen, ModelsScreen)
+        await wait_until(
+            pilot,
+            lambda: screen.sort == "size" and screen.filter_text == "qw",
+            what="the table sorted by size and filtered",
+        )
+        await pilot.pause()
         for box in pilot.app.screen.query(Input):
             box.cursor_blink = False
 
@@ -82,14 +89,19 @@ def test_chat_after_a_streamed_reply(snap_compare: Any) -> None:
         app = lsapp(pilot)
         app.open_chat("smollm2:135m")
         await wait_until(pilot, lambda: isinstance(app.screen, ChatScreen), what="chat")
-        await pilot.pause(0.1)
-        await pilot.press(*"Why is the sky blue?", "enter")
         screen = app.screen
         assert isinstance(screen, ChatScreen)
+        await wait_until(
+            pilot,
+            lambda: screen.model == "smollm2:135m" and app.focused is screen.query_one("#prompt"),
+            what="the chat on its model, the prompt focused",
+        )
+        await pilot.press(*"Why is the sky blue?", "enter")
         await wait_until(pilot, lambda: len(screen.messages) == 2, what="the reply")
+        await wait_until(pilot, lambda: workers_done(app, "chat"), what="the reply finished")
         for box in screen.query(Input):
             box.cursor_blink = False
-        await pilot.pause(0.1)
+        await pilot.pause()
 
     assert snap_compare(make_app(), terminal_size=SIZE, run_before=run_before)
 
@@ -98,7 +110,8 @@ def test_logs(snap_compare: Any) -> None:
     async def run_before(pilot: Pilot[Any]) -> None:
         await settle(pilot)
         await pilot.press("4")
-        await pilot.pause(0.2)
+        await wait_until(pilot, lambda: isinstance(pilot.app.screen, LogsScreen), what="logs")
+        await pilot.pause()
         render_now(lsapp(pilot))
         await pilot.pause()
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 from collections.abc import Callable
 from typing import Any
 
+from eventually import eventually_async
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Input
 
@@ -17,13 +17,15 @@ from localserve.tui.screens import MonitorScreen
 async def wait_until(
     pilot: Pilot[Any], condition: Callable[[], object], timeout: float = 20.0, what: str = ""
 ) -> None:
-    """Let the app run until `condition()` is true (fails the test after `timeout`)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what or condition}")
-        await pilot.pause(0.05)
+    """Let the app run until `condition()` is true (fails the test after `timeout`):
+    `eventually_async`, pausing through the Pilot so the app processes its messages."""
+    await eventually_async(condition, timeout, what=what, pause=lambda: pilot.pause(0.05))
+
+
+def workers_done(app: LocalserveApp, *groups: str) -> bool:
+    """No worker of these groups is pending or running (the app's one-off actions:
+    model actions, pulls, chat replies; never the endless event-stream reader)."""
+    return all(worker.is_finished for worker in app.workers if worker.group in groups)
 
 
 def lsapp(pilot: Pilot[Any]) -> LocalserveApp:
@@ -40,7 +42,11 @@ async def settle(pilot: Pilot[Any]) -> None:
         lambda: app.state.connected and app.state.installed and app.state.running,
         what="the first ps/tags",
     )
-    await pilot.pause(0.1)
+    # A FakeSource says when the app has read its whole scripted event stream.
+    await wait_until(
+        pilot, lambda: getattr(app.source, "script_read", True), what="the scripted events read"
+    )
+    await pilot.pause()
     render_now(app)
     for box in app.screen.query(Input):
         box.cursor_blink = False

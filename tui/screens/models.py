@@ -14,11 +14,11 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.css.query import NoMatches
 from textual.widgets import DataTable, Input, Static
 
+from localserve.api.payloads import ShowResponse
 from localserve.client.display import human_bytes, render_show, short_id
 from localserve.client.http import ClientError, DaemonUnreachableError
 from localserve.tui.format import modified_column
 from localserve.tui.screens.base import (
-    JSON,
     MonitorScreen,
     pulls_text,
     set_columns,
@@ -66,7 +66,7 @@ class ModelsScreen(MonitorScreen):
         super().__init__()
         self.sort = "name"
         self.filter_text = ""
-        self._details: dict[str, JSON] = {}
+        self._details: dict[str, ShowResponse | str] = {}  # /api/show, or why it failed
         self._details_for: str | None = None
         self._rendered_installed = -1
 
@@ -158,22 +158,23 @@ class ModelsScreen(MonitorScreen):
 
     @work(group="details", exclusive=True)
     async def _fetch_details(self, name: str) -> None:
+        data: ShowResponse | str
         try:
             data = await self.lsapp.source.show(name)
         except DaemonUnreachableError as exc:
             self.lsapp.connection_lost(str(exc))
             return
         except ClientError as exc:
-            data = {"error": str(exc)}
+            data = str(exc)
         self._details[name] = data
         if self._details_for == name:
             with contextlib.suppress(NoMatches):  # the screen went away meanwhile
                 self.query_one("#details", Static).update(self._details_text(name, data))
 
-    def _details_text(self, name: str, data: JSON) -> Text:
+    def _details_text(self, name: str, data: ShowResponse | str) -> Text:
         text = Text(name + "\n", style="bold")
-        if "error" in data:
-            text.append(str(data["error"]), style="red")
+        if isinstance(data, str):  # the error
+            text.append(data, style="red")
             return text
         loaded = name in self.lsapp.state.loaded_names()
         text.append("loaded\n" if loaded else "not loaded\n", style="green" if loaded else "dim")
