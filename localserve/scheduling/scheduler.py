@@ -48,6 +48,7 @@ from localserve.errors import (
 )
 from localserve.names import ModelName
 from localserve.runner.handle import LoadResult, RunnerProcess
+from localserve.scheduling.clock import Clock, LoopClock, Timer
 from localserve.scheduling.gpu import GpuProbe, NvmlGpuProbe
 from localserve.scheduling.memory import MemoryProbe as MemoryProbe  # re-exported
 from localserve.scheduling.memory import PsutilMemoryProbe
@@ -159,7 +160,7 @@ class LoadedModel:
     waiters: list[tuple[asyncio.Future[Lease], float | None]] = field(default_factory=list)
     keep_alive_s: float = 300.0
     expires_at: float | None = None  # wall clock; None while busy or pinned
-    expiry: asyncio.TimerHandle | None = None
+    expiry: Timer | None = None
     last_used: float = field(default_factory=time.monotonic)
     loaded_at: float = 0.0
     measured: int = 0
@@ -255,6 +256,7 @@ class Scheduler:
         runner_factory: RunnerFactory | None = None,
         pending_timeout_s: float = 120.0,
         pressure_interval_s: float = 3.0,
+        clock: Clock | None = None,
     ) -> None:
         self.settings = settings
         self.events = events or EventBus()
@@ -265,6 +267,7 @@ class Scheduler:
         )
         self.pending_timeout_s = pending_timeout_s
         self.pressure_interval_s = pressure_interval_s
+        self.clock: Clock = clock or LoopClock()
         self.models: dict[str, LoadedModel] = {}
         self.stopping: dict[int, int] = {}  # runner pid -> bytes still held while it exits
         self.pending: list[_Pending] = []
@@ -386,7 +389,7 @@ class Scheduler:
             else:  # busy or loading: unload once idle
                 if model.state is not ModelState.DRAINING:
                     model.move_to(ModelState.DRAINING)
-                model.expires_at = time.time()
+                model.expires_at = self.clock.time()
             result.set_result(True)
 
         self._post(handle)
@@ -398,13 +401,13 @@ class Scheduler:
         for model in sorted(self.models.values(), key=lambda m: -m.last_used):
             expires: float
             if model.state is ModelState.DRAINING:
-                expires = time.time()  # "Stopping..."
+                expires = self.clock.time()  # "Stopping..."
             elif model.pinned:
                 expires = FOREVER_WALL
             elif model.expires_at is not None:
                 expires = model.expires_at
             else:  # busy or loading: the keep-alive clock starts when it goes idle
-                expires = time.time() + model.keep_alive_s
+                expires = self.clock.time() + model.keep_alive_s
             rows.append(
                 {
                     "model": model.spec.key,
@@ -458,11 +461,9 @@ class Scheduler:
             self._publish("queue_full", model=spec.key)
             return
         self.pending.append(
-            _Pending(spec, future, keep_alive_s, time.monotonic() + self.pending_timeout_s)
+            _Pending(spec, future, keep_alive_s, self.clock.monotonic() + self.pending_timeout_s)
         )
-        asyncio.get_running_loop().call_later(
-            self.pending_timeout_s + 0.01, self._post, self._expire_pending
-        )
+        self.clock.call_later(self.pending_timeout_s + 0.01, self._post, self._expire_pending)
         self._schedule()
 
     def _on_abandon(self, future: asyncio.Future[Lease]) -> None:
@@ -479,7 +480,7 @@ class Scheduler:
         if future.done() or model.runner is None:
             return
         model.in_flight += 1
-        model.last_used = time.monotonic()
+        model.last_used = self.clock.monotonic()
         if keep is not None:
             model.keep_alive_s = keep
         model.expires_at = None
@@ -490,7 +491,7 @@ class Scheduler:
 
     def _on_release(self, model: LoadedModel, keep_alive_s: float | None) -> None:
         model.in_flight = max(0, model.in_flight - 1)
-        model.last_used = time.monotonic()
+        model.last_used = self.clock.monotonic()
         if keep_alive_s is not None:
             model.keep_alive_s = keep_alive_s
         if self.models.get(model.spec.key) is model and model.idle:
@@ -507,8 +508,8 @@ class Scheduler:
         if model.pinned:
             model.expires_at = None
             return
-        model.expires_at = time.time() + model.keep_alive_s
-        model.expiry = asyncio.get_running_loop().call_later(
+        model.expires_at = self.clock.time() + model.keep_alive_s
+        model.expiry = self.clock.call_later(
             model.keep_alive_s, self._post, lambda: self._on_expire(model)
         )
 
@@ -517,13 +518,13 @@ class Scheduler:
             self.models.get(model.spec.key) is model
             and model.idle
             and model.expires_at is not None
-            and model.expires_at <= time.time() + 0.05
+            and model.expires_at <= self.clock.time() + 0.05
         ):
             self._unload(model, "expired")
             self._schedule()
 
     def _expire_pending(self) -> None:
-        now = time.monotonic()
+        now = self.clock.monotonic()
         for pending in [p for p in self.pending if p.deadline <= now]:
             self.pending.remove(pending)
             _fail(
@@ -690,7 +691,7 @@ class Scheduler:
         model.load_result = result
         model.measured = result.rss
         model.vram_measured = self.gpu.process_vram(runner.pid)
-        model.loaded_at = time.time()
+        model.loaded_at = self.clock.time()
         runner.on_exit(lambda r: self._post(lambda: self._on_runner_exit(model, r)))
         log.info(
             "loaded %s in %.2fs (pid %d, rss %.0f MiB)",

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from daemon_harness import running_daemon
 from eventually import eventually_async
+from fake_clock import FakeClock
 from gguf_factory import write_tiny_gguf
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
@@ -134,6 +135,7 @@ class World:
         }
         available = overrides.pop("available", 32 * 1024 * MiB)
         pending_timeout_s = overrides.pop("pending_timeout_s", 5.0)
+        clock = overrides.pop("clock", None)
         options.update(overrides)
         self.memory = FakeMemory(available)
         self.scheduler = Scheduler(
@@ -144,6 +146,7 @@ class World:
             runner_factory=self._new_runner,
             pending_timeout_s=pending_timeout_s,
             pressure_interval_s=0,
+            clock=clock,
         )
         self.scheduler.start()
 
@@ -352,13 +355,32 @@ async def test_keep_alive_zero_unloads_when_the_last_request_ends(tmp_path: Path
 
 
 async def test_keep_alive_expiry_unloads_after_the_duration(tmp_path: Path) -> None:
-    world = World(tmp_path)
-    await world.use(spec("a"), keep_alive=0.15)
+    clock = FakeClock()
+    world = World(tmp_path, clock=clock)
+    await world.use(spec("a"), keep_alive=300)
     assert world.loaded() == {"a"}
     row = world.scheduler.snapshot()[0]
-    assert 0 < row["expires_at"] - time.time() <= 0.2
+    assert row["expires_at"] == clock.time() + 300
+    await clock.advance_and_settle(299)
+    await world.settle()
+    assert world.loaded() == {"a"} and world.unloads("expired") == []
+    await clock.advance_and_settle(2)
     await eventually_async(lambda: world.loaded() == set(), 2, what="the model expired")
-    assert world.loaded() == set() and world.unloads("expired") == ["a"]
+    assert world.unloads("expired") == ["a"]
+
+
+async def test_a_request_waiting_for_room_gets_503_at_its_deadline(tmp_path: Path) -> None:
+    clock = FakeClock()
+    world = World(tmp_path, clock=clock, max_loaded=1, pending_timeout_s=120)
+    busy = await world.acquire(spec("a"))
+    waiting = asyncio.create_task(world.scheduler.acquire(spec("b")))
+    await world.settle()
+    await clock.advance_and_settle(119)
+    assert not waiting.done()
+    await clock.advance_and_settle(2)
+    with pytest.raises(BusyError):
+        await asyncio.wait_for(waiting, 5)
+    world.release(busy)
 
 
 def cancel_right_after_the_grant(scheduler: Scheduler, request: asyncio.Task[Any]) -> None:
