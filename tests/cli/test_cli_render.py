@@ -9,6 +9,8 @@ from datetime import UTC, datetime
 import pytest
 
 # isort: split
+from samples import SHOW
+
 from localserve.cli import render
 
 NOW = datetime(2026, 1, 15, 12, 0, 0, tzinfo=UTC)
@@ -110,23 +112,6 @@ def test_timing_lines_survive_missing_fields() -> None:
     lines = render.timing_lines({})
     assert len(lines) == 8
     assert lines[4] == "prompt eval rate:     0.00 tokens/s"
-
-
-SHOW = {
-    "details": {"family": "llama", "parameter_size": "135M", "quantization_level": "Q4_1"},
-    "model_info": {
-        "general.architecture": "llama",
-        "general.parameter_count": 134_515_008,
-        "llama.context_length": 8192,
-        "llama.embedding_length": 576,
-    },
-    "parameters": 'stop                 "<|im_end|>"\ntemperature          0.2',
-    "template": "{{ prompt }}",
-    "system": "You are terse.",
-    "license": "apache-2.0",
-    "capabilities": ["completion"],
-    "source": {"type": "upload", "file": "tiny.gguf", "revision": None},
-}
 
 
 def test_modelfile_is_built_when_the_server_sends_none() -> None:

@@ -8,6 +8,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from samples import SHOW
 
 from localserve.client import display
 
@@ -90,23 +91,6 @@ def test_id_is_the_first_twelve_hex_digits() -> None:
     assert display.short_id("sha256:" + "ab" * 32) == "abababababab"
     assert display.short_id("0123456789abcdef") == "0123456789ab"
     assert display.short_id(None) == ""
-
-
-SHOW = {
-    "details": {"family": "llama", "parameter_size": "135M", "quantization_level": "Q4_1"},
-    "model_info": {
-        "general.architecture": "llama",
-        "general.parameter_count": 134_515_008,
-        "llama.context_length": 8192,
-        "llama.embedding_length": 576,
-    },
-    "parameters": 'stop                 "<|im_end|>"\ntemperature          0.2',
-    "template": "{{ prompt }}",
-    "system": "You are terse.",
-    "license": "apache-2.0",
-    "capabilities": ["completion"],
-    "source": {"type": "upload", "file": "tiny.gguf", "revision": None},
-}
 
 
 def test_show_lists_model_facts_and_text_sections() -> None:
