@@ -158,19 +158,12 @@ class _Completion:
                 yield {**self.base, "choices": [self._chunk_choice(event.text, None, first)]}
                 first = False
                 continue
-            if isinstance(event, Thinking):
-                delta: dict[str, Any] = {"reasoning_content": event.text}
-                if first:
-                    delta = {"role": "assistant", "content": None, **delta}
-                    first = False
-                choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}
-                yield {**self.base, "choices": [choice]}
-                continue
-            if isinstance(event, ToolCalls):
-                calls.extend(event.calls)
-                delta = {
-                    "tool_calls": [call.to_openai(index) for index, call in enumerate(event.calls)]
-                }
+            if isinstance(event, Thinking | ToolCalls):
+                if isinstance(event, Thinking):
+                    delta: dict[str, Any] = {"reasoning_content": event.text}
+                else:
+                    calls.extend(event.calls)
+                    delta = {"tool_calls": [c.to_openai(i) for i, c in enumerate(event.calls)]}
                 if first:
                     delta = {"role": "assistant", "content": None, **delta}
                     first = False
