@@ -49,6 +49,7 @@ from localserve.service.options import (
     parse_format,
     parse_keep_alive,
     parse_options,
+    refuse_unsupported,
 )
 from localserve.service.prompts import validate_messages
 from localserve.service.thinking import THINK_LEVELS
@@ -91,8 +92,16 @@ def model_entry(stored: StoredModel) -> TagsModel:
 # ---- generate / chat ---------------------------------------------------------------------
 
 
+UNSUPPORTED = {
+    "logprobs": "token log probabilities are not implemented yet",
+    "top_logprobs": "token log probabilities are not implemented yet",
+    "context": "send the conversation as /api/chat messages instead of token context",
+}
+
+
 def _generation_request(body: dict[str, Any], *, chat: bool) -> GenerationRequest | None:
     """The body as a service request; None for Ollama's load/unload (no prompt)."""
+    refuse_unsupported(body, UNSUPPORTED)
     options = parse_options(body.get("options"))
     common: dict[str, Any] = {
         "model": model_field(body),
@@ -164,8 +173,6 @@ class _Chunks:
         if calls:
             item["message"]["tool_calls"] = [call.to_ollama() for call in calls]
         item.update(finished.timings())
-        if not self.chat:
-            item["context"] = []
         return item
 
     async def stream(self, events: AsyncIterator[GenerationEvent]) -> AsyncIterator[Any]:

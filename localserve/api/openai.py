@@ -35,6 +35,7 @@ from localserve.service.options import (
     get_str,
     parse_keep_alive,
     parse_options,
+    refuse_unsupported,
 )
 from localserve.service.prompts import validate_messages
 from localserve.service.thinking import THINK_LEVELS
@@ -225,8 +226,26 @@ def _generation_request(body: dict[str, Any], endpoint: str, **fields: Any) -> G
     )
 
 
+# Fields OpenAI clients send that localserve does not act on yet: refused by name.
+UNSUPPORTED = {
+    "logprobs": "token log probabilities are not implemented yet",
+    "top_logprobs": "token log probabilities are not implemented yet",
+    "logit_bias": "logit biases are not implemented",
+    "audio": "this model does not support audio",
+    "prediction": "predicted outputs are not implemented",
+}
+
+
+def _refuse(body: dict[str, Any]) -> None:
+    refuse_unsupported(body, UNSUPPORTED)
+    n = body.get("n")
+    if n is not None and n != 1:
+        raise BadRequestError("field 'n' is not supported: one choice per request (n=1)")
+
+
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     body = await read_json(request)
+    _refuse(body)
     messages = validate_messages(body.get("messages"))
     if not messages:
         raise BadRequestError("messages must not be empty")
@@ -246,6 +265,12 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
 async def completions(request: web.Request) -> web.StreamResponse:
     body = await read_json(request)
+    _refuse(body)
+    if body.get("echo"):
+        raise BadRequestError("field 'echo' is not supported")
+    best_of = body.get("best_of")
+    if best_of is not None and best_of != 1:
+        raise BadRequestError("field 'best_of' is not supported: one completion per request")
     prompt = body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
         prompt = prompt[0]

@@ -64,6 +64,16 @@ def get_str(body: dict[str, Any], key: str, *, required: bool = False) -> str | 
     return value
 
 
+def refuse_unsupported(body: dict[str, Any], refused: dict[str, str]) -> None:
+    """A field the server does not act on is a 400 naming it, never silently ignored.
+    `refused` maps a field to why; a field counts as sent when it is present with a value
+    that asks for something (not null, false, 0, "" or an empty list)."""
+    for key, why in refused.items():
+        value = body.get(key)
+        if value not in (None, False, 0, "", [], {}):
+            raise BadRequestError(f"field '{key}' is not supported: {why}")
+
+
 def get_int(body: dict[str, Any], key: str) -> int | None:
     """An optional integer field (a bool is not an integer)."""
     value = body.get(key)

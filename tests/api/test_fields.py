@@ -117,3 +117,38 @@ def test_usage_counts_the_whole_prompt_and_reports_the_cached_part(daemon: Daemo
     assert first["usage"]["prompt_tokens"] == second["usage"]["prompt_tokens"] > 2
     assert first["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
     assert second["usage"]["prompt_tokens_details"]["cached_tokens"] > 0
+
+
+@pytest.mark.parametrize(
+    ("path", "field", "value"),
+    [
+        ("/v1/chat/completions", "logprobs", True),
+        ("/v1/chat/completions", "top_logprobs", 3),
+        ("/v1/chat/completions", "n", 2),
+        ("/v1/chat/completions", "logit_bias", {"65": 5}),
+        ("/v1/completions", "echo", True),
+        ("/v1/completions", "best_of", 3),
+        ("/api/chat", "logprobs", True),
+        ("/api/generate", "context", [1, 2, 3]),
+    ],
+)
+def test_a_field_not_acted_on_is_a_400_naming_it(
+    daemon: DaemonThread, path: str, field: str, value: object
+) -> None:
+    body: dict[str, object] = {"model": "tiny", field: value}
+    if path in ("/v1/chat/completions", "/api/chat"):
+        body["messages"] = [USER]
+    else:
+        body["prompt"] = "hi"
+    status, answer = post_json(daemon.base_url, path, body)
+    message = answer["error"]["message"] if path.startswith("/v1") else answer["error"]
+    assert status == 400 and f"'{field}'" in message
+
+
+def test_defaults_of_those_fields_are_accepted(daemon: DaemonThread) -> None:
+    status, _ = post_json(
+        daemon.base_url,
+        "/v1/chat/completions",
+        {"model": "tiny", "messages": [USER], "n": 1, "logprobs": False, "max_tokens": 1},
+    )
+    assert status == 200
