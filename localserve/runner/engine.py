@@ -402,8 +402,11 @@ class LoadInfo:
 class Engine:
     """Continuous batching over `slots` sequences of one llama.cpp context."""
 
-    def __init__(self, emit: Emit) -> None:
+    def __init__(self, emit: Emit, flush: Callable[[], None] | None = None) -> None:
+        """`emit` takes every frame; `flush`, when given, is called when frames must go out
+        before the step ends (a first token sampled before the step's decode)."""
         self._emit = emit
+        self._flush = flush
         self._tensor_split: Any = None  # ctypes array llama.cpp points at while loaded
         self._model: Any = None
         self._ctx: Any = None
@@ -580,7 +583,7 @@ class Engine:
         except (TypeError, ValueError) as exc:
             raise RequestError("bad_request", "option 'num_predict' is invalid") from exc
         if num_predict == 0:
-            self._emit(_done(request_id, "length", len(tokens), 0, 0, 0))
+            self._emit(_done(request_id, "length", len(tokens), 0, 0, 0, prompt_tokens=len(tokens)))
             return
         if grammar is not None:  # a grammar that does not parse is the client's mistake
             SamplerChain(self._vocab, self._n_vocab, sampling, grammar).close()
@@ -777,6 +780,7 @@ class Engine:
                 first - active.started_ns,
                 active.generated,
                 ended - first,
+                prompt_tokens=len(active.request.prompt),
             )
         )
 
@@ -804,9 +808,13 @@ def _done(
     prompt_eval_ns: int,
     eval_count: int,
     eval_ns: int,
+    prompt_tokens: int | None = None,
 ) -> Frame:
+    """`prompt_tokens`: the whole prompt; `prompt_eval_count`: the tokens evaluated (the
+    rest came from the slot's cache)."""
     return {
         "event": "done",
+        "prompt_tokens": prompt_eval_count if prompt_tokens is None else prompt_tokens,
         "id": request_id,
         "done_reason": reason,
         "prompt_eval_count": prompt_eval_count,

@@ -122,7 +122,7 @@ class Runner:
         self.sock = sock
         self.send_lock = threading.Lock()
         self.work: queue.Queue[Frame | None] = queue.Queue()
-        self.engine = Engine(self.post)
+        self.engine = Engine(self.post, self.flush)
         self.embedder: Any = None
         self.load_params: Frame = {}
         self._outbox: list[bytes] = []  # the engine's frames, sent together after each step
@@ -203,6 +203,7 @@ class Runner:
                     messages.append(self.work.get_nowait())
                 except queue.Empty:
                     break
+            _t0 = time.perf_counter()
             for message in messages:
                 if message is None:
                     self.flush()

@@ -19,10 +19,11 @@ Runner -> daemon (`event`):
     load_progress {event, progress}              0..1 while llama.cpp loads (throttled)
     loaded    {event, load_duration, rss, n_ctx, slots, n_gpu_layers, threads}  n_ctx per slot
     token     {event, id, text}                  one decoded piece of a generation
-    done      {event, id, done_reason, prompt_eval_count, prompt_eval_duration,
-               eval_count, eval_duration}        durations in nanoseconds;
-                                                 prompt_eval_count counts only the prompt
-                                                 tokens evaluated (a reused prefix is not)
+    done      {event, id, done_reason, prompt_tokens, prompt_eval_count,
+               prompt_eval_duration, eval_count, eval_duration}  durations in nanoseconds;
+                                                 prompt_tokens counts the whole prompt,
+                                                 prompt_eval_count only the tokens
+                                                 evaluated (a reused prefix is not)
     embeddings{event, id, embeddings, prompt_eval_count}
     error     {event, id?, kind, message}        id absent for load errors
     stats     {event, rss, slots, slots_busy, threads}
