@@ -71,7 +71,7 @@ def _completion(daemon: DaemonThread, **body: Any) -> dict[str, Any]:
     status, answer = post_json(
         daemon.base_url,
         "/v1/chat/completions",
-        {"model": "tooly", "messages": [USER], "max_tokens": 200, "temperature": 0, **body},
+        {"model": "tooly", "messages": [USER], "max_tokens": 200, **body},
     )
     assert status == 200, answer
     return answer
@@ -151,7 +151,6 @@ def test_streaming_sends_tool_call_deltas_and_no_call_text_as_content(
             "model": "tooly",
             "messages": [USER],
             "max_tokens": 200,
-            "temperature": 0,  # greedy: the model's '"' wherever the grammar allows it
             "stream": True,
             "tools": [WEATHER],
             "tool_choice": "required",
@@ -233,7 +232,6 @@ def test_the_openai_client_gets_tool_calls(daemon: DaemonThread) -> None:
         tools=[WEATHER],  # type: ignore[list-item]
         tool_choice="required",
         max_tokens=200,
-        temperature=0,
     )
     call = completion.choices[0].message.tool_calls[0]  # type: ignore[index]
     assert completion.choices[0].finish_reason == "tool_calls"
