@@ -39,7 +39,13 @@ TTFT; warm TTFT <= llama-server's + 3 ms; 4-stream aggregate >= 2.0x in-process 
 
     .venv/bin/python benchmarks/peers.py [--tokens 128] [--streams 1,2,4,8] [--rounds 2]
         [--threads T] [--num-ctx 2048] [--pause 1.5] [--contenders engine,llama-server,...]
-        [--llama-server PATH | --skip-llama-server] [--markdown]
+        [--llama-server PATH | --skip-llama-server] [--markdown] [--batch-invariant]
+        [--flash-attn]
+
+`--batch-invariant` runs localserve (the engine, and the daemon through
+LOCALSERVE_BATCH_INVARIANT=1) in its batch-invariant mode; `--flash-attn` gives the engine
+contender flash attention (the runner's `flash_attn` load field; the daemon has no setting
+for it).
 
 llama-server: ../shared/peers/build-llama-server.sh DIR builds it (DIR/bin/llama-server).
 """
@@ -57,7 +63,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -65,7 +71,7 @@ from typing import Any, cast
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import bench_daemon, free_port, smollm2_path
+from common import TOPICS, bench_daemon, free_port, smollm2_path
 
 DEFAULT_LLAMA_SERVER = "/work/peers/llama-server/bin/llama-server"
 CONTENDERS = ("in-process", "engine", "llama-server", "generate", "v1")
@@ -73,16 +79,6 @@ LOCALSERVE = ("engine", "generate", "v1")  # the contenders the targets are abou
 # Same-length salts keep prompts the same size for everyone while no contender can reuse
 # another's cache (generate and v1 share one daemon, hence one runner's prefix cache).
 SALT = {"in-process": "P", "engine": "E", "llama-server": "L", "generate": "G", "v1": "V"}
-TOPICS = [
-    "a lighthouse keeper",
-    "how bread rises",
-    "the ocean at night",
-    "a long train journey",
-    "a city garden",
-    "an old clockmaker",
-    "a mountain village",
-    "the first snow of winter",
-]
 WARM_TOKENS = 8  # tokens per request of the warm-TTFT pair
 
 
@@ -260,21 +256,39 @@ class EngineContender(Contender):
     name = "engine"
     in_process = True
 
-    def __init__(self, model: Path, num_ctx: int, slots: int, threads: int) -> None:
+    def __init__(
+        self,
+        model: Path,
+        num_ctx: int,
+        slots: int,
+        threads: int,
+        batch_invariant: bool = False,
+        flash_attn: bool = False,
+    ) -> None:
         from localserve.runner.engine import Engine
 
         self.current: dict[str, Stream] = {}
         self.errors: list[str] = []
         self.engine = Engine(self.emit)
-        self.engine.load(str(model), num_ctx=num_ctx, num_parallel=slots, num_threads=threads)
+        self.engine.load(
+            str(model),
+            num_ctx=num_ctx,
+            num_parallel=slots,
+            num_threads=threads,
+            batch_invariant=batch_invariant,
+            flash_attn=flash_attn,
+        )
 
-    def emit(self, frame: dict[str, Any]) -> None:
+    def emit(self, frame: Mapping[str, Any]) -> None:
         now = time.perf_counter()
-        stream = self.current[str(frame.get("id"))]
         event = frame.get("event")
-        if event == "token" and frame.get("text"):
-            stream.stamps.append(now)
-        elif event == "done":
+        if event == "tokens":  # one frame per step: every sequence's new text
+            for request_id, text in frame["texts"].items():
+                if text:
+                    self.current[request_id].stamps.append(now)
+            return
+        stream = self.current[str(frame.get("id"))]
+        if event == "done":
             stream.count = int(frame.get("eval_count", 0))
             stream.finish = str(frame.get("done_reason"))
         elif event == "error":
@@ -822,6 +836,16 @@ def main() -> None:
     parser.add_argument("--llama-server", default=DEFAULT_LLAMA_SERVER, metavar="PATH")
     parser.add_argument("--skip-llama-server", action="store_true")
     parser.add_argument("--markdown", action="store_true", help="also print Markdown tables")
+    parser.add_argument(
+        "--flash-attn",
+        action="store_true",
+        help="the engine contender with flash attention on (the runner's flash_attn load field)",
+    )
+    parser.add_argument(
+        "--batch-invariant",
+        action="store_true",
+        help="localserve in its batch-invariant mode (LOCALSERVE_BATCH_INVARIANT=1)",
+    )
     args = parser.parse_args()
     streams = sorted({int(s) for s in args.streams.split(",") if s.strip()})
     chosen = [c.strip() for c in args.contenders.split(",") if c.strip()]
@@ -850,7 +874,10 @@ def main() -> None:
         f"rounds (medians), {threads} threads everywhere, num_ctx {args.num_ctx} per slot, "
         f"N slots for N streams, {psutil.cpu_count()} CPUs",
         "daemon: LOCALSERVE_SPARE_RUNNER=0, LOCALSERVE_ADAPT_THREADS="
-        + os.environ.get("LOCALSERVE_ADAPT_THREADS", "1"),
+        + os.environ.get("LOCALSERVE_ADAPT_THREADS", "1")
+        + f", LOCALSERVE_BATCH_INVARIANT={int(args.batch_invariant)}"
+        + (" (engine too)" if args.batch_invariant else "")
+        + (", engine with flash attention" if args.flash_attn else ""),
         *notes_head,
     ]
     for line in header:
@@ -864,7 +891,9 @@ def main() -> None:
                 stack.callback(in_proc.close)
                 group.append(in_proc)
             if "engine" in chosen:
-                engine = EngineContender(model, args.num_ctx, n, threads)
+                engine = EngineContender(
+                    model, args.num_ctx, n, threads, args.batch_invariant, args.flash_attn
+                )
                 stack.callback(engine.close)
                 group.append(engine)
             if "llama-server" in chosen:
@@ -883,6 +912,7 @@ def main() -> None:
                         num_threads=str(threads),
                         keep_alive="1h",
                         spare_runner="0",
+                        batch_invariant="1" if args.batch_invariant else "0",
                     )
                 )
                 daemon = daemon_process()

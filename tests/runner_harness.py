@@ -1,11 +1,16 @@
-"""A runner subprocess (`python -m localserve.runner.main --fd N`) driven from a test over a real
-socket pair, plus a fixture factory that starts runners and closes them after the test."""
+"""A runner subprocess (`python -m localserve.runner --fd N`) driven from a test over a real
+socket pair, plus a fixture factory that starts runners and closes them after the test.
+
+`recv` gives per-request frames as the daemon's handle does: a step's `tokens` frame
+({event, texts: {id: text}}) becomes one `token` frame ({event, id, text}) per request, in
+the frame's order; `wire` keeps every frame as it came off the socket."""
 
 from __future__ import annotations
 
 import socket
 import subprocess
 import sys
+from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -30,18 +35,31 @@ class RunnerProcess:
         )
         child.close()
         self.load_progress: list[float] = []
+        self.wire: list[Frame] = []  # every frame received, as sent
+        self._split: deque[Frame] = deque()  # token frames of a tokens frame, not yet taken
 
     def send(self, message: Frame) -> None:
         self.sock.sendall(encode_frame(message))
 
     def recv(self) -> Frame:
-        """The next frame, with `load_progress` frames set aside in `self.load_progress`."""
+        """The next per-request frame, with `load_progress` frames set aside in
+        `self.load_progress`."""
         while True:
+            if self._split:
+                return self._split.popleft()
             frame = recv_frame(self.sock)
             assert frame is not None, "runner closed the socket"
-            if frame.get("event") != "load_progress":
+            self.wire.append(frame)
+            event = frame.get("event")
+            if event == "tokens":
+                texts = frame["texts"]
+                assert texts, frame  # a step with no text sends no tokens frame
+                for request_id, text in texts.items():
+                    self._split.append({"event": "token", "id": request_id, "text": text})
+            elif event != "load_progress":
                 return frame
-            self.load_progress.append(float(frame["progress"]))
+            else:
+                self.load_progress.append(float(frame["progress"]))
 
     def wait(self) -> int:
         return self.proc.wait(self.timeout_s)

@@ -1,29 +1,55 @@
 """Continuous batching on llama.cpp's low-level API: the engine inside a runner process.
 
 One llama.cpp context holds `num_parallel` sequences ("slots"), each with its own window of
-`num_ctx` tokens (`n_ctx = num_ctx * num_parallel`, KV cache split per sequence). Every
-`Engine.step()`
+`num_ctx` tokens (`n_ctx = num_ctx * num_parallel`, KV cache split per sequence: a sequence
+attends only its own stream). Every `Engine.step()` admits waiting requests into free
+slots, then decodes, for every sequence that is generating, the token it sampled last
+step, and reads prompt tokens of the sequences still reading their prompts; it samples
+each sequence with its own sampler chain (localserve.runner.sampling) and sends the text.
 
-- decodes one token for every sequence that is generating (the token it sampled last step)
-  in one `llama_decode` over one batch, and samples each with that sequence's own sampler
-  chain (temperature, top-k/p, min-p, typical, penalties, grammar, seed);
-- then reads a chunk of prompt tokens for each sequence still reading its prompt (while
-  other sequences are generating, only as many as take about BUSY_STEP_TARGET_S, so their
-  streams slow down but do not stall), one `llama_decode` per chunk, and samples the first
-  token of a prompt that is complete.
+Two modes:
 
-A request gives the same tokens whether it runs alone or beside others (for a given seed).
-That equality needs decode results that do not depend on how a prompt is cut into chunks or
-on what else is in the batch. With the KV cache split per sequence and flash attention off,
-llama.cpp's CPU path gives bit-identical logits for any chunking, except that a sequence's
-chunk of exactly one token takes a different path: so a prompt is never split so as to leave
-a one-token chunk, and a prompt chunk is never put in the same batch as other sequences
-(llama.cpp would cut it into pieces to match theirs, one token first). On CPU flash
-attention is off (here it is no faster, and its F16 accumulation makes logits depend on
-chunk sizes; the price is a larger attention buffer at long contexts); with GPU layers it
-is left on "auto" and equality is best effort.
-One limit: reused KV of tokens that were generated (a continued chat) was computed one token
-at a time, so it can differ in the last bits from evaluating the same text as a prompt.
+- throughput (the default): everything of a step goes into one `llama_decode`, as
+  llama-server does: the generating sequences' tokens and the prompt chunks of all newly
+  admitted sequences, within a per-step budget in tokens (`n_batch`; `n_ubatch` is the
+  same). Requests that arrive together are read together and see their first tokens after
+  about one read of their prompts. While others generate, a step reads only as many
+  prompt tokens as take about BUSY_STEP_TARGET_S (measured as it goes), so their streams
+  slow down but never stall; requests that arrived before any of them had a first token
+  (together with them) read COMPANION_STEP_TARGET_S worth a step. The batch is laid out
+  by sequence id: llama.cpp splits a batch over split KV streams into micro-batches of
+  equal tokens per sequence over runs of consecutive ids (`split_equal`), so the
+  generating tokens and the first token of each prompt chunk share one pass and the rest
+  of the chunks take another. A request's tokens then depend, in their last bits, on what
+  else was in its batches; alone, it gives the same tokens run after run for a seed.
+- batch-invariant (`batch_invariant=True`; LOCALSERVE_BATCH_INVARIANT=1): a request gives
+  the same tokens whether it runs alone or beside others (for a given seed). That needs
+  decode results that do not depend on how a prompt is cut into chunks or on what else is
+  in the batch. With the KV cache split per sequence and flash attention off, llama.cpp's
+  CPU path gives bit-identical logits for any chunking, except that a sequence's chunk of
+  exactly one token takes a different path; and llama.cpp would cut a prompt chunk that
+  shares a batch with other sequences into pieces to match theirs, one token first. So the
+  generating tokens go in one decode, and each prompt chunk in one of its own. With GPU
+  layers flash attention is left on "auto" and equality is best effort.
+
+In both modes a prompt is never cut so as to leave a one-token chunk, and at least two
+prompt tokens are evaluated even when the whole prompt is cached, unless a slot kept the
+logits after exactly this prompt (every prompt read keeps them): the same prompt again is
+then sampled from those, with no decode before its first token. So a request whose prompt
+is cached, in part or whole, gives the same tokens as the same request read afresh (alone;
+in the batch-invariant mode, always). One limit: reused KV of tokens that were generated (a
+continued chat) was computed one token at a time, so it can differ in the last bits from
+evaluating the same text as a prompt.
+
+On CPU the KV cache is split per sequence (measured here with SmolLM2, 1 and 4 sequences at
+100 to 1,500 tokens: a unified cache, where every sequence attends over all cells, decoded
+up to 1.5x slower) and flash attention is off: with 2 threads it decoded 10-25% faster at
+100 tokens of context but 10-20% slower at 700, and slower at any length with 1 thread.
+`flash_attn=True` turns it on in the throughput mode. llama.cpp's CPU kernel then takes
+another path from FA_TILE_ROWS query rows of a sequence on, so micro-batches are cut to
+fewer rows and a cached prompt still reads as a fresh one; but a one-sequence decode over
+512 cells or more splits the KV over the threads, so a change of thread count during a
+request (the thread policy) can change its last bits.
 
 Prompt-prefix reuse: a slot keeps the tokens whose KV it still holds after its request ends.
 A new request goes to the free slot that shares the longest prefix with its prompt (a
@@ -32,361 +58,62 @@ only the new tokens are evaluated, and `prompt_eval_count` reports just those. A
 taken when it covers half the prompt, or at least MIN_REUSE tokens and half of that slot's
 cache (so a shared system prompt does not wipe out another conversation). Without one, the
 slot that keeps the busy sequence ids in one consecutive run is chosen (llama.cpp decodes
-each run of ids with a KV stream of its own as a separate batch: a gap costs a whole extra
-pass over the weights), then an empty slot, then the least recently used one.
+each run of ids with a KV stream of its own as a separate pass over the weights), then an
+empty slot, then the least recently used one. When another slot, busy or not, holds a
+longer prefix of the prompt (a shared system prompt, the same prompt sent four times), its
+KV is copied over (`llama_memory_seq_cp`: the whole stream, then trimmed) instead of being
+read again, if reading those tokens would take at least twice as long as the copy; a
+prompt that another slot is still reading waits for that read ("follows" it) and copies it
+then, so N identical prompts arriving together cost one read and all see their first
+tokens after it. A copy is bit-identical, so this holds in both modes.
 
-Events go out through the `emit` callback: `token {id, text}` and `done {...}` frames (see
-localserve.runner.protocol). Text is decoded incrementally: an incomplete UTF-8 sequence is held
-until its last byte arrives, and text that could be the start of a stop string is held until
-the stop string is ruled out (it is then sent) or matched (generation ends, `stop`).
+Events go out through the `emit` callback, once per step: one `tokens` frame with every
+request's new text, then `done`/`error` frames (localserve.runner.protocol). Text is decoded
+incrementally (localserve.runner.text.TextStream).
 
 The engine is single-threaded: only the runner's main thread calls into it.
 """
 
 from __future__ import annotations
 
-import codecs
 import ctypes
 import itertools
 import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-Frame = dict[str, Any]
-Emit = Callable[[Frame], None]
+from localserve.runner.errors import RequestError, llama
+from localserve.runner.protocol import (
+    DoneFrame,
+    DoneReason,
+    ErrorFrame,
+    RunnerFrame,
+    TokensFrame,
+    error_frame,
+)
+from localserve.runner.sampling import SamplerChain, SamplingOptions, grammar_for
+from localserve.runner.slots import Active, Part, Request, Slot, common_prefix, prompt_chunk
+from localserve.runner.text import TextStream
 
-DEFAULT_SEED = 0xFFFFFFFF  # llama.cpp: pick a random seed
-PENALTY_LAST_N = 64  # tokens that repeat/presence/frequency penalties look back on
+Emit = Callable[[RunnerFrame], None]
+
 # While other sequences are generating, a step reads only as many prompt tokens as fit in
 # this much time (measured as it goes), so their streams slow down but never stall.
 BUSY_STEP_TARGET_S = 0.1
+# Requests that arrived together with the generating ones read about this much a step.
+COMPANION_STEP_TARGET_S = 0.4
 BUSY_PREFILL_MIN = 16
 BUSY_PREFILL_FIRST = 64  # before anything has been measured
 MIN_REUSE = 32  # a shorter shared prefix does not justify discarding another slot's cache
-
-
-class RequestError(Exception):
-    """A request the runner refuses or cannot finish; `kind` is the protocol error kind."""
-
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
-
-
-def _llama() -> Any:
-    """The llama_cpp module (imported lazily; typed as Any, it is a ctypes binding)."""
-    import llama_cpp
-
-    return llama_cpp
-
-
-# ---- sampling options ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SamplingOptions:
-    """Per-request sampling settings (Ollama option names), with the runner's defaults."""
-
-    temperature: float = 0.8
-    top_k: int = 40
-    top_p: float = 0.9
-    min_p: float = 0.0
-    typical_p: float = 1.0
-    repeat_penalty: float = 1.0
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    seed: int = DEFAULT_SEED
-    mirostat: int = 0
-    mirostat_tau: float = 5.0
-    mirostat_eta: float = 0.1
-
-    @classmethod
-    def from_options(cls, options: dict[str, Any]) -> SamplingOptions:
-        values: dict[str, Any] = {}
-        for name, kind in (
-            ("temperature", float),
-            ("top_k", int),
-            ("top_p", float),
-            ("min_p", float),
-            ("typical_p", float),
-            ("repeat_penalty", float),
-            ("presence_penalty", float),
-            ("frequency_penalty", float),
-            ("mirostat", int),
-            ("mirostat_tau", float),
-            ("mirostat_eta", float),
-        ):
-            if options.get(name) is not None:
-                try:
-                    values[name] = kind(options[name])
-                except (TypeError, ValueError) as exc:
-                    raise RequestError("bad_request", f"option {name!r} is invalid") from exc
-        seed = options.get("seed")
-        if seed is not None:
-            try:
-                seed = int(seed)
-            except (TypeError, ValueError) as exc:
-                raise RequestError("bad_request", "option 'seed' is invalid") from exc
-            values["seed"] = DEFAULT_SEED if seed < 0 else seed & 0xFFFFFFFF
-        return cls(**values)
-
-
-def grammar_for(fmt: Any) -> str | None:
-    """GBNF text for Ollama's `format`: "json", a JSON schema object, or nothing."""
-    import json
-
-    from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
-
-    if fmt in (None, ""):
-        return None
-    if fmt == "json":
-        return str(JSON_GBNF)
-    if isinstance(fmt, dict):
-        try:
-            return str(json_schema_to_gbnf(json.dumps(fmt)))
-        except Exception as exc:
-            raise RequestError("bad_request", f"invalid format schema: {exc}") from exc
-    raise RequestError("bad_request", 'format must be "json" or a JSON schema object')
-
-
-class SamplerChain:
-    """One request's llama.cpp sampler chain; `sample` also accepts the token it picks.
-
-    Without a grammar, llama.cpp samples on its own (`llama_sampler_sample`). With one
-    (JSON mode), applying the grammar to the whole vocabulary costs milliseconds per token,
-    and every sequence in the batch would wait for it; so, as llama.cpp's own server does,
-    the token is sampled without the grammar first and only checked against it, and only a
-    rejected token makes the grammar filter the whole vocabulary for a second draw.
-    """
-
-    def __init__(self, vocab: Any, n_vocab: int, opts: SamplingOptions, grammar: str | None):
-        lib = _llama()
-        params = lib.llama_sampler_chain_default_params()
-        params.no_perf = True
-        self._n_vocab = n_vocab
-        self._grammar: Any = None
-        self._chain: Any = lib.llama_sampler_chain_init(params)
-        if not self._chain:
-            raise RequestError("internal", "llama.cpp could not create a sampler chain")
-        try:
-            if grammar is not None:
-                self._grammar = lib.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
-                if not self._grammar:
-                    raise RequestError("bad_request", "invalid format: the grammar does not parse")
-                self._setup_candidates(lib)
-            self._build(lib, vocab, n_vocab, opts)
-        except BaseException:
-            self.close()
-            raise
-
-    def _setup_candidates(self, lib: Any) -> None:
-        import numpy as np
-
-        self._data: Any = (lib.llama_token_data * self._n_vocab)()
-        self._view: Any = np.ctypeslib.as_array(self._data)
-        self._ids: Any = np.arange(self._n_vocab, dtype=np.int32)
-        self._candidates: Any = lib.llama_token_data_array()
-        self._one: Any = (lib.llama_token_data * 1)()
-        self._one_array: Any = lib.llama_token_data_array()
-
-    def _add(self, sampler: Any) -> None:
-        if not sampler:
-            raise RequestError("internal", "llama.cpp could not create a sampler")
-        _llama().llama_sampler_chain_add(self._chain, sampler)
-
-    def _build(self, lib: Any, vocab: Any, n_vocab: int, opts: SamplingOptions) -> None:
-        if opts.repeat_penalty != 1.0 or opts.presence_penalty or opts.frequency_penalty:
-            self._add(
-                lib.llama_sampler_init_penalties(
-                    n_vocab,
-                    PENALTY_LAST_N,
-                    opts.repeat_penalty,
-                    opts.frequency_penalty,
-                    opts.presence_penalty,
-                )
-            )
-        if opts.temperature <= 0:
-            self._add(lib.llama_sampler_init_greedy())
-            return
-        if opts.mirostat in (1, 2):
-            self._add(lib.llama_sampler_init_temp(opts.temperature))
-            if opts.mirostat == 1:
-                self._add(
-                    lib.llama_sampler_init_mirostat(
-                        n_vocab, opts.seed, opts.mirostat_tau, opts.mirostat_eta, 100
-                    )
-                )
-            else:
-                self._add(
-                    lib.llama_sampler_init_mirostat_v2(
-                        opts.seed, opts.mirostat_tau, opts.mirostat_eta
-                    )
-                )
-            return
-        if opts.top_k > 0:
-            self._add(lib.llama_sampler_init_top_k(opts.top_k))
-        if opts.typical_p < 1.0:
-            self._add(lib.llama_sampler_init_typical(opts.typical_p, 1))
-        if opts.top_p < 1.0:
-            self._add(lib.llama_sampler_init_top_p(opts.top_p, 1))
-        if opts.min_p > 0.0:
-            self._add(lib.llama_sampler_init_min_p(opts.min_p, 1))
-        self._add(lib.llama_sampler_init_temp(opts.temperature))
-        self._add(lib.llama_sampler_init_dist(opts.seed))
-
-    def sample(self, ctx: Any, index: int) -> int:
-        """Sample from the logits of batch position `index` (and accept the token)."""
-        lib = _llama()
-        if self._grammar is None:
-            return int(lib.llama_sampler_sample(self._chain, ctx, index))
-        token = self._draw(lib, ctx, index, constrained=False)
-        if not self._allowed(lib, token):
-            token = self._draw(lib, ctx, index, constrained=True)
-        lib.llama_sampler_accept(self._grammar, token)
-        lib.llama_sampler_accept(self._chain, token)
-        return token
-
-    def _draw(self, lib: Any, ctx: Any, index: int, *, constrained: bool) -> int:
-        import numpy as np
-
-        logits = np.ctypeslib.as_array(lib.llama_get_logits_ith(ctx, index), (self._n_vocab,))
-        self._view["id"] = self._ids
-        self._view["logit"] = logits
-        self._view["p"] = 0.0
-        candidates = self._candidates
-        candidates.data = self._data
-        candidates.size = self._n_vocab
-        candidates.selected = -1
-        candidates.sorted = False
-        if constrained:
-            lib.llama_sampler_apply(self._grammar, ctypes.byref(candidates))
-        lib.llama_sampler_apply(self._chain, ctypes.byref(candidates))
-        if not 0 <= candidates.selected < candidates.size:
-            raise RequestError("internal", "the sampler chain selected no token")
-        return int(candidates.data[candidates.selected].id)
-
-    def _allowed(self, lib: Any, token: int) -> bool:
-        """Whether the grammar accepts `token` next (the grammar state is not changed)."""
-        one = self._one
-        one[0].id = token
-        one[0].logit = 1.0
-        one[0].p = 0.0
-        array = self._one_array
-        array.data = one
-        array.size = 1
-        array.selected = -1
-        array.sorted = False
-        lib.llama_sampler_apply(self._grammar, ctypes.byref(array))
-        return bool(one[0].logit != float("-inf"))
-
-    def close(self) -> None:
-        lib = _llama()
-        if self._chain:
-            lib.llama_sampler_free(self._chain)
-            self._chain = None
-        if self._grammar:
-            lib.llama_sampler_free(self._grammar)
-            self._grammar = None
-
-
-# ---- text out ----------------------------------------------------------------------------------
-
-
-class TextStream:
-    """Token bytes in, text out: complete UTF-8 only, and nothing that may start a stop string.
-
-    `push` returns (text to send now, whether a stop string was hit). After a hit, the text
-    before the stop string has been returned and the rest is dropped.
-    """
-
-    def __init__(self, stops: list[str] | None = None) -> None:
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._stops = [s for s in stops or [] if s]
-        self._held = ""
-
-    def push(self, data: bytes) -> tuple[str, bool]:
-        self._held += self._decoder.decode(data)
-        return self._release(final=False)
-
-    def flush(self) -> tuple[str, bool]:
-        """At the end of generation: everything still held (a stop string is still cut)."""
-        self._held += self._decoder.decode(b"", final=True)
-        return self._release(final=True)
-
-    def _release(self, *, final: bool) -> tuple[str, bool]:
-        held = self._held
-        if not self._stops:
-            self._held = ""
-            return held, False
-        hits = [i for i in (held.find(stop) for stop in self._stops) if i >= 0]
-        if hits:
-            self._held = ""
-            return held[: min(hits)], True
-        keep = 0 if final else self._partial_stop_suffix(held)
-        self._held = held[len(held) - keep :]
-        return held[: len(held) - keep], False
-
-    def _partial_stop_suffix(self, text: str) -> int:
-        """Length of the longest end of `text` that is a proper prefix of a stop string."""
-        best = 0
-        for stop in self._stops:
-            for size in range(min(len(stop) - 1, len(text)), best, -1):
-                if text.endswith(stop[:size]):
-                    best = size
-                    break
-        return best
-
-
-# ---- requests and slots --------------------------------------------------------------------
-
-
-@dataclass
-class _Request:
-    id: str
-    prompt: list[int]
-    options: SamplingOptions
-    grammar: str | None
-    stops: list[str]
-    num_predict: int
-    submitted_ns: int = field(default_factory=time.perf_counter_ns)
-
-
-@dataclass
-class _Active:
-    """A request running in a slot."""
-
-    request: _Request
-    sampler: SamplerChain
-    stream: TextStream
-    fed: int  # prompt tokens already in the KV cache (reused or evaluated)
-    prompt_eval_count: int  # prompt tokens this request evaluates itself
-    started_ns: int
-    next_token: int = -1  # sampled, to be fed in the next step (-1: still reading the prompt)
-    generated: int = 0
-    first_token_ns: int = 0
-
-    @property
-    def prefilling(self) -> bool:
-        return self.fed < len(self.request.prompt)
-
-
-@dataclass
-class _Slot:
-    seq_id: int
-    cache: list[int] = field(default_factory=list)  # tokens at KV positions 0..len-1
-    active: _Active | None = None
-    last_used: float = 0.0
-
-
-def common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
+# Copying another slot's KV (a whole stream) must save reading at least twice as long as the
+# copy takes (bytes at these rates); before any prompt was timed, at least MIN_SHARE tokens.
+COPY_BYTES_PER_S_CPU = 4e9
+COPY_BYTES_PER_S_GPU = 1e11
+MIN_SHARE = 8
+FA_TILE_ROWS = 64  # ggml-cpu's GGML_FA_TILE_Q
 
 
 # ---- the engine --------------------------------------------------------------------------
@@ -397,6 +124,18 @@ class LoadInfo:
     n_ctx: int  # usable tokens per slot
     slots: int
     n_ctx_total: int  # the llama.cpp context, all slots together
+    batch_invariant: bool
+
+
+@dataclass
+class StepStats:
+    """What one step decoded, for the thread policy (localserve.runner.threads)."""
+
+    tokens: int = 0  # all tokens decoded
+    prompt_tokens: int = 0  # of which prompt tokens
+    sequences: int = 0  # sequences that took part
+    decode_s: float = 0.0  # wall time spent in llama_decode
+    decodes: int = 0  # llama_decode calls
 
 
 class Engine:
@@ -417,10 +156,16 @@ class Engine:
         self._n_vocab = 0
         self._bos = -1
         self.n_ctx = 0
-        self.slots: list[_Slot] = []
-        self._waiting: deque[_Request] = deque()
+        self.batch_invariant = False
+        self.slots: list[Slot] = []
+        self._waiting: deque[Request] = deque()
         self._s_per_token = 0.0  # measured seconds per prompt token (moving average)
+        self._copy_s = 0.0  # estimated seconds to copy one sequence's KV stream
         self._piece = ctypes.create_string_buffer(256)
+        # Frames of the step under way, sent together at its end (texts first).
+        self._stepping = False
+        self._texts: dict[str, str] = {}
+        self._frames: list[RunnerFrame] = []
 
     # ---- lifecycle ---------------------------------------------------------------------
 
@@ -429,8 +174,18 @@ class Engine:
         return self._ctx is not None
 
     @property
+    def model(self) -> Any:
+        """The llama_model pointer (for an embedding context over the same weights)."""
+        return self._model
+
+    @property
     def busy_slots(self) -> int:
         return sum(1 for slot in self.slots if slot.active is not None)
+
+    @property
+    def generating(self) -> int:
+        """Sequences generating now (not reading or waiting for a prompt)."""
+        return sum(1 for s in self.slots if s.active is not None and not s.active.prefilling)
 
     @property
     def has_work(self) -> bool:
@@ -447,10 +202,13 @@ class Engine:
         num_batch: int = 512,
         tensor_split: list[float] | None = None,
         on_progress: Callable[[float], None] | None = None,
+        batch_invariant: bool = False,
+        flash_attn: bool = False,
     ) -> LoadInfo:
         """Load the model and make the context; `on_progress` hears llama.cpp's load
-        progress (0..1) from inside the load."""
-        lib = _llama()
+        progress (0..1) from inside the load. RequestError `load_failed` when llama.cpp
+        refuses the file, `context_failed` when it loads but no context can be made."""
+        lib = llama()
         logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
         lib.llama_backend_init()
         slots = max(1, num_parallel)
@@ -474,24 +232,33 @@ class Engine:
         model = lib.llama_model_load_from_file(path.encode(), mparams)
         del progress_callback  # llama.cpp keeps no reference after the load
         if not model:
-            raise RequestError("load_failed", f"llama.cpp could not load the model at {path}")
+            raise RequestError("load_failed", "llama.cpp could not load the model file")
         self._model = model
         n_batch = max(num_batch, slots + BUSY_PREFILL_MIN)
         cparams = lib.llama_context_default_params()
         cparams.n_ctx = max(num_ctx, 1) * slots
+        flash = bool(flash_attn and not batch_invariant and not num_gpu)
         cparams.n_batch = n_batch
-        cparams.n_ubatch = n_batch
+        # With flash attention on CPU, llama.cpp's kernel takes another path from
+        # FA_TILE_ROWS query rows of a sequence on: smaller micro-batches keep every prompt
+        # row on one path, so a cached prompt still reads as a fresh one.
+        cparams.n_ubatch = min(n_batch, FA_TILE_ROWS - 1) if flash else n_batch
         cparams.n_seq_max = slots
         cparams.n_threads = num_threads
         cparams.n_threads_batch = num_threads
         cparams.kv_unified = False  # one KV stream per slot: a sequence attends only its own
-        cparams.flash_attn_type = -1 if num_gpu else 0  # see the module docstring
+        # Flash attention: see the module docstring ("auto" with GPU layers).
+        cparams.flash_attn_type = -1 if num_gpu else int(flash)
         cparams.no_perf = True
         ctx = lib.llama_init_from_model(model, cparams)
         if not ctx:
             self.close()
-            raise RequestError("load_failed", "llama.cpp could not create a context")
+            raise RequestError(
+                "context_failed",
+                f"llama.cpp could not create a context of {max(num_ctx, 1)} tokens x {slots} slots",
+            )
         self._ctx = ctx
+        self.batch_invariant = batch_invariant
         self._vocab = lib.llama_model_get_vocab(model)
         self._memory = lib.llama_get_memory(ctx)
         self._n_vocab = int(lib.llama_vocab_n_tokens(self._vocab))
@@ -502,17 +269,28 @@ class Engine:
         # request gets is what was asked for, never more than llama.cpp gives each sequence.
         per_seq = int(lib.llama_n_ctx_seq(ctx))
         self.n_ctx = min(num_ctx, per_seq) if num_ctx > 0 else per_seq
-        self.slots = [_Slot(seq_id) for seq_id in range(slots)]
-        return LoadInfo(n_ctx=self.n_ctx, slots=slots, n_ctx_total=int(lib.llama_n_ctx(ctx)))
+        self.slots = [Slot(seq_id) for seq_id in range(slots)]
+        n_head = max(1, int(lib.llama_model_n_head(model)))
+        kv_dims = 2 * int(lib.llama_model_n_embd(model)) // n_head
+        kv_dims *= max(1, int(lib.llama_model_n_head_kv(model)))
+        stream_bytes = per_seq * int(lib.llama_model_n_layer(model)) * kv_dims * 2  # F16
+        rate = COPY_BYTES_PER_S_GPU if num_gpu else COPY_BYTES_PER_S_CPU
+        self._copy_s = stream_bytes / rate
+        return LoadInfo(
+            n_ctx=self.n_ctx,
+            slots=slots,
+            n_ctx_total=int(lib.llama_n_ctx(ctx)),
+            batch_invariant=batch_invariant,
+        )
 
     def set_threads(self, threads: int) -> None:
         """Threads for the next decodes (single-token steps and prompt batches alike)."""
         if self._ctx is not None:
-            _llama().llama_set_n_threads(self._ctx, threads, threads)
+            llama().llama_set_n_threads(self._ctx, threads, threads)
 
     def close(self) -> None:
         """Free llama.cpp resources; pending requests are dropped without events."""
-        lib = _llama()
+        lib = llama()
         for slot in self.slots:
             if slot.active is not None:
                 slot.active.sampler.close()
@@ -530,30 +308,55 @@ class Engine:
 
     # ---- tokens ------------------------------------------------------------------------
 
-    def tokenize(self, text: str) -> list[int]:
+    def tokenize(self, text: str, *, special: bool = True) -> list[int]:
         """Tokens of an already templated prompt (BOS added when the model wants one)."""
-        lib = _llama()
+        lib = llama()
         data = text.encode()
         capacity = len(data) + 8
         buf = (lib.llama_token * capacity)()
-        count = int(lib.llama_tokenize(self._vocab, data, len(data), buf, capacity, True, True))
+        count = int(lib.llama_tokenize(self._vocab, data, len(data), buf, capacity, True, special))
         if count < 0:
             capacity = -count
             buf = (lib.llama_token * capacity)()
-            count = int(lib.llama_tokenize(self._vocab, data, len(data), buf, capacity, True, True))
-        tokens = [int(t) for t in buf[:count]]
+            count = int(
+                lib.llama_tokenize(self._vocab, data, len(data), buf, capacity, True, special)
+            )
+        tokens = list(buf[:count])
         if len(tokens) >= 2 and tokens[0] == self._bos and tokens[1] == self._bos:
             tokens = tokens[1:]  # the template already wrote the BOS token
         return tokens
 
     def _piece_of(self, token: int) -> bytes:
-        lib = _llama()
+        lib = llama()
         size = int(lib.llama_token_to_piece(self._vocab, token, self._piece, 256, 0, False))
         if size < 0:
             bigger = ctypes.create_string_buffer(-size)
             size = int(lib.llama_token_to_piece(self._vocab, token, bigger, -size, 0, False))
             return bigger.raw[:size]
         return self._piece.raw[:size]
+
+    # ---- frames ------------------------------------------------------------------------
+
+    def _send_text(self, request_id: str, text: str) -> None:
+        texts = self._texts
+        texts[request_id] = texts.get(request_id, "") + text
+
+    def _send(self, frame: DoneFrame | ErrorFrame) -> None:
+        """A done or error frame: after the step's texts, or now between steps."""
+        if self._stepping:
+            self._frames.append(frame)
+        else:
+            self._flush_frames()
+            self._emit(frame)
+
+    def _flush_frames(self) -> None:
+        if self._texts:
+            tokens: TokensFrame = {"event": "tokens", "texts": self._texts}
+            self._texts = {}
+            self._emit(tokens)
+        frames, self._frames = self._frames, []
+        for frame in frames:
+            self._emit(frame)
 
     # ---- requests ------------------------------------------------------------------------
 
@@ -583,18 +386,18 @@ class Engine:
         except (TypeError, ValueError) as exc:
             raise RequestError("bad_request", "option 'num_predict' is invalid") from exc
         if num_predict == 0:
-            self._emit(_done(request_id, "length", len(tokens), 0, 0, 0, prompt_tokens=len(tokens)))
+            self._send(_done(request_id, "length", len(tokens), 0, 0, 0, len(tokens)))
             return
         if grammar is not None:  # a grammar that does not parse is the client's mistake
             SamplerChain(self._vocab, self._n_vocab, sampling, grammar).close()
-        self._waiting.append(_Request(request_id, tokens, sampling, grammar, stops, num_predict))
+        self._waiting.append(Request(request_id, tokens, sampling, grammar, stops, num_predict))
 
     def cancel(self, request_id: str) -> None:
         """End a request now (`done` with reason "cancel"); its slot and KV are freed."""
         for request in self._waiting:
             if request.id == request_id:
                 self._waiting.remove(request)
-                self._emit(_done(request_id, "cancel", 0, 0, 0, 0))
+                self._send(_done(request_id, "cancel", 0, 0, 0, 0))
                 return
         for slot in self.slots:
             if slot.active is not None and slot.active.request.id == request_id:
@@ -603,7 +406,7 @@ class Engine:
 
     # ---- scheduling ----------------------------------------------------------------------
 
-    def _pick_slot(self, prompt: list[int]) -> tuple[_Slot, int] | None:
+    def _pick_slot(self, prompt: list[int]) -> tuple[Slot, int] | None:
         """The free slot for `prompt` and the length of the prefix it can reuse."""
         free = [slot for slot in self.slots if slot.active is None]
         if not free:
@@ -623,7 +426,7 @@ class Engine:
         # an empty slot, then the least recently used.
         active = {slot.seq_id for slot in self.slots if slot.active is not None}
 
-        def cost(slot: _Slot) -> tuple[int, bool, float]:
+        def cost(slot: Slot) -> tuple[int, bool, float]:
             ids = sorted(active | {slot.seq_id})
             runs = 1 + sum(1 for a, b in itertools.pairwise(ids) if b != a + 1)
             return runs, bool(slot.cache), slot.last_used
@@ -631,112 +434,283 @@ class Engine:
         chosen = min(free, key=cost)
         return chosen, common_prefix(chosen.cache, prompt)
 
+    def _donor(self, prompt: list[int], slot: Slot, reuse: int) -> tuple[Slot, int, int] | None:
+        """Another slot with a longer prefix of `prompt` than `reuse`: (that slot, the
+        tokens of it cached now, the tokens it will have once it has read its prompt)."""
+        best: tuple[Slot, int, int] | None = None
+        for other in self.slots:
+            if other is slot:
+                continue
+            now = later = self._reusable(other, prompt)
+            active = other.active
+            if active is not None and active.reading:
+                planned = active.request.prompt
+                if planned == prompt:  # it will keep the logits after exactly this prompt
+                    later = len(prompt)
+                else:
+                    later = max(now, min(common_prefix(planned, prompt), len(prompt) - 2))
+            if self._worth_copying(later - reuse) and (best is None or later > best[2]):
+                best = (other, now, later)
+        return best
+
+    def _worth_copying(self, tokens: int) -> bool:
+        """Whether reading `tokens` takes longer than twice copying a KV stream."""
+        if tokens < 2:
+            return False
+        if not self._s_per_token:
+            return tokens >= MIN_SHARE
+        return tokens * self._s_per_token >= 2 * self._copy_s
+
+    @staticmethod
+    def _reusable(slot: Slot, prompt: list[int]) -> int:
+        """Tokens of `prompt` a request can take from `slot`'s KV: all of them when the slot
+        kept the logits after exactly this prompt (no decode is needed then), else all but
+        the last two (evaluated afresh: see the module docstring)."""
+        shared = common_prefix(slot.cache, prompt)
+        if shared >= len(prompt) and slot.logits is not None and slot.logits_at == len(prompt):
+            return len(prompt)
+        return max(0, min(shared, len(prompt) - 2))
+
     def _admit(self) -> None:
-        lib = _llama()
+        lib = llama()
         while self._waiting:
             picked = self._pick_slot(self._waiting[0].prompt)
             if picked is None:
                 return
             request = self._waiting.popleft()
-            slot, reuse = picked
-            reuse = min(reuse, len(request.prompt) - 1)  # evaluate >= 1 token for logits
+            slot, _ = picked
+            reuse = self._reusable(slot, request.prompt)
             if reuse < len(slot.cache) and not lib.llama_memory_seq_rm(
                 self._memory, slot.seq_id, reuse, -1
             ):
                 lib.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
                 reuse = 0
-            del slot.cache[reuse:]
+            slot.trim(reuse)
             try:
                 sampler = SamplerChain(self._vocab, self._n_vocab, request.options, request.grammar)
             except RequestError as exc:
-                self._emit(_error(request.id, exc.kind, str(exc)))
+                self._send(error_frame(request.id, exc.kind, str(exc)))
                 continue
-            slot.active = _Active(
+            active = Active(
                 request=request,
                 sampler=sampler,
                 stream=TextStream(request.stops),
                 fed=reuse,
-                prompt_eval_count=len(request.prompt) - reuse,
+                reused=reuse,
                 started_ns=time.perf_counter_ns(),
             )
+            slot.active = active
+            if reuse == len(request.prompt):
+                active.saved = slot.logits
+                continue
+            donor = self._donor(request.prompt, slot, reuse)
+            if donor is not None:
+                other, now, later = donor
+                if now >= later:
+                    self._copy(other, slot, now)
+                else:
+                    assert other.active is not None
+                    active.follow = (other, other.active.request.id, later)
 
-    def step(self) -> None:
-        """Admit waiting requests, decode one token for every generating sequence (one
-        batched llama_decode), read a chunk of waiting prompts, sample and send tokens."""
-        self._admit()
-        generating = [s for s in self.slots if s.active is not None and not s.active.prefilling]
-        if generating:
-            tokens = [(s.active.next_token, len(s.cache), s.seq_id) for s in generating if s.active]
-            if not self._decode(tokens, generating, list(range(len(tokens)))):
-                return
-            for index, slot in enumerate(generating):
-                assert slot.active is not None
-                slot.cache.append(slot.active.next_token)
-                self._advance(slot, index)
-        budget = self._busy_prefill_chunk() if generating else self._n_batch
-        reading = [s for s in self.slots if s.active is not None and s.active.prefilling]
+    def _copy(self, source: Slot, slot: Slot, count: int) -> None:
+        """Give `slot` (whose request has not read anything yet) the first `count` tokens
+        of `source`'s KV. The whole KV stream is copied (llama.cpp copies across streams
+        only whole), at the start of the next decode, then trimmed."""
+        lib = llama()
+        memory, seq = self._memory, slot.seq_id
+        lib.llama_memory_seq_cp(memory, source.seq_id, seq, -1, -1)
+        if not lib.llama_memory_seq_rm(memory, seq, count, -1):
+            lib.llama_memory_seq_rm(memory, seq, -1, -1)
+            count = 0
+        slot.cache[:] = source.cache[:count]
+        slot.logits, slot.logits_at = None, 0
+        if count and count == source.logits_at:
+            slot.logits, slot.logits_at = source.logits, count
+        active = slot.active
+        assert active is not None
+        active.fed = active.reused = count
+        if count == len(active.request.prompt):
+            active.saved = slot.logits
+
+    def _settle_followers(self) -> None:
+        """Followers whose source has read what they wait for (or stopped) copy it now."""
+        for slot in self.slots:
+            active = slot.active
+            if active is None or active.follow is None:
+                continue
+            source, source_id, wanted = active.follow
+            reading = source.active
+            if (
+                reading is not None
+                and reading.request.id == source_id
+                and reading.prefilling
+                and reading.fed < wanted
+            ):
+                continue  # still reading the part this one waits for
+            active.follow = None
+            count = min(self._reusable(source, active.request.prompt), wanted)
+            if count > active.fed:
+                self._copy(source, slot, count)
+
+    def _sample_saved(self) -> bool:
+        """First tokens of requests whose whole prompt was cached, from the logits kept for
+        it (no decode); whether there were any."""
+        started = False
+        for slot in self.slots:
+            active = slot.active
+            if active is not None and active.saved is not None:
+                token = active.sampler.sample_logits(active.saved)
+                active.saved = None
+                self._accept(slot, token)
+                started = True
+        return started
+
+    def step(self) -> StepStats:
+        """Admit waiting requests, decode a token for every generating sequence and read
+        prompt chunks (one batched llama_decode; in the batch-invariant mode one for the
+        generating sequences and one per chunk), sample, and send the step's frames."""
+        stats = StepStats()
+        self._stepping = True
+        try:
+            self._admit()
+            self._settle_followers()
+            if self._sample_saved():
+                self._flush_frames()  # those first tokens go out now, not after the decode
+                if self._flush is not None:
+                    self._flush()
+            generating = [
+                Part(slot, [active.next_token], sample=True, prompt=False)
+                for slot in self.slots
+                if (active := slot.active) is not None and active.next_token >= 0
+            ]
+            chunks = self._prompt_chunks(self._n_batch - len(generating))
+            if self.batch_invariant:
+                groups = [generating] if generating else []
+                groups += [[chunk] for chunk in chunks]
+            else:
+                groups = [generating + chunks] if generating or chunks else []
+            for group in groups:
+                self._run(group, stats)
+                self._settle_followers()  # followers of a prompt just read start at once
+                self._sample_saved()
+        finally:
+            self._stepping = False
+            self._flush_frames()
+        return stats
+
+    def _prompt_chunks(self, room: int) -> list[Part]:
+        """The prompt chunks of this step, `room` tokens at most: reading sequences in the
+        order they started. While others generate, a request that arrived after their
+        first tokens reads only about BUSY_STEP_TARGET_S worth a step; one that arrived with
+        them (before any of them had a first token) about COMPANION_STEP_TARGET_S: requests
+        arriving together are read as if together, and the first of them to stream waits."""
+        streaming = [
+            a.first_token_ns
+            for s in self.slots
+            if (a := s.active) is not None and a.next_token >= 0
+        ]
+        since = min(streaming) if streaming else None
+        busy = self._prefill_budget(BUSY_STEP_TARGET_S) if since is not None else room
+        companion = self._prefill_budget(COMPANION_STEP_TARGET_S) if since is not None else room
+        reading = [s for s in self.slots if s.active is not None and s.active.reading]
         reading.sort(key=lambda s: s.active.started_ns if s.active else 0)
+        chunks = []
         for slot in reading:
             active = slot.active
             assert active is not None
             prompt = active.request.prompt
-            remaining = len(prompt) - active.fed
-            count = min(budget, remaining)
-            if remaining - count == 1:
-                count -= 1  # never leave a one-token chunk (see the module docstring)
-            if count < 2 and remaining > 1:
-                break
-            chunk = [(prompt[active.fed + i], active.fed + i, slot.seq_id) for i in range(count)]
-            last = active.fed + count == len(prompt)
-            started = time.perf_counter()
-            if not self._decode(chunk, [slot], [count - 1] if last else []):
+            together = since is None or active.request.submitted_ns < since
+            budget = min(room, companion if together else busy)
+            count = prompt_chunk(len(prompt) - active.fed, budget)
+            if not count:
                 continue
-            per_token = (time.perf_counter() - started) / count
+            end = active.fed + count
+            chunks.append(Part(slot, prompt[active.fed : end], end == len(prompt), True))
+            room -= count
+            busy -= count
+            companion -= count
+        return chunks
+
+    def _run(self, parts: list[Part], stats: StepStats) -> None:
+        """One llama_decode of `parts` (laid out by sequence id), then their samples."""
+        parts.sort(key=lambda p: p.slot.seq_id)
+        batch = self._batch
+        token, pos, n_seq, seq, logits = (
+            batch.token,
+            batch.pos,
+            batch.n_seq_id,
+            batch.seq_id,
+            batch.logits,
+        )
+        n = 0
+        outputs = []
+        prompt_tokens = 0
+        for part in parts:
+            seq_id = part.slot.seq_id
+            start = len(part.slot.cache)
+            for offset, tok in enumerate(part.tokens):
+                token[n] = tok
+                pos[n] = start + offset
+                n_seq[n] = 1
+                seq[n][0] = seq_id
+                logits[n] = False
+                n += 1
+            if part.sample:
+                logits[n - 1] = True
+            outputs.append(n - 1)
+            if part.prompt:
+                prompt_tokens += len(part.tokens)
+        batch.n_tokens = n
+        started = time.perf_counter()
+        status = int(llama().llama_decode(self._ctx, batch))
+        elapsed = time.perf_counter() - started
+        if status != 0:
+            self._fail([p.slot for p in parts], f"llama_decode failed ({status})")
+            return
+        stats.tokens += n
+        stats.prompt_tokens += prompt_tokens
+        stats.sequences += len(parts)
+        stats.decode_s += elapsed
+        stats.decodes += 1
+        if prompt_tokens >= BUSY_PREFILL_MIN:
+            per_token = elapsed / n
             self._s_per_token = (
                 per_token if not self._s_per_token else 0.7 * self._s_per_token + 0.3 * per_token
             )
-            slot.cache.extend(prompt[active.fed : active.fed + count])
-            active.fed += count
-            budget -= count
-            if last:
-                self._advance(slot, count - 1)
+        for part, index in zip(parts, outputs, strict=True):
+            slot = part.slot
+            active = slot.active
+            if active is None:
+                continue
+            slot.cache.extend(part.tokens)
+            if part.prompt:
+                active.fed += len(part.tokens)
+                if part.sample:  # the prompt is read: keep its logits for the same one again
+                    slot.logits = self._logits(index).copy()
+                    slot.logits_at = len(slot.cache)
+            if part.sample:
+                self._accept(slot, active.sampler.sample(self._ctx, index))
 
-    def _decode(
-        self, tokens: list[tuple[int, int, int]], slots: list[_Slot], outputs: list[int]
-    ) -> bool:
-        """One llama_decode of (token, position, seq_id) entries, with logits at `outputs`.
+    def _logits(self, index: int) -> Any:
+        """The logits of batch position `index` of the last decode (a numpy view)."""
+        import numpy as np
 
-        A prompt chunk gets a call of its own, apart from the generating sequences: with the
-        KV cache split per sequence, llama.cpp would otherwise cut the chunk into pieces of
-        different sizes, depending on what else is in the batch, which changes the results.
-        """
-        batch = self._batch
-        wanted = set(outputs)
-        for n, (token, pos, seq_id) in enumerate(tokens):
-            batch.token[n] = token
-            batch.pos[n] = pos
-            batch.n_seq_id[n] = 1
-            batch.seq_id[n][0] = seq_id
-            batch.logits[n] = n in wanted
-        batch.n_tokens = len(tokens)
-        status = int(_llama().llama_decode(self._ctx, batch))
-        if status != 0:
-            self._fail(slots, f"llama_decode failed ({status})")
-            return False
-        return True
+        pointer = llama().llama_get_logits_ith(self._ctx, index)
+        return np.ctypeslib.as_array(pointer, (self._n_vocab,))
 
-    def _busy_prefill_chunk(self) -> int:
+    def _prefill_budget(self, target_s: float) -> int:
+        """Prompt tokens a step reads in about `target_s` (measured as it goes)."""
         if not self._s_per_token:
             return BUSY_PREFILL_FIRST
-        fits = int(BUSY_STEP_TARGET_S / self._s_per_token)
+        fits = int(target_s / self._s_per_token)
         return max(BUSY_PREFILL_MIN, min(fits, self._n_batch))
 
-    def _advance(self, slot: _Slot, index: int) -> None:
-        """Sample the slot's next token from batch position `index` and send its text."""
-        lib = _llama()
+    def _accept(self, slot: Slot, token: int) -> None:
+        """The slot's next token (sampled and accepted by its chain): send its text, and
+        finish or feed it to the next step."""
+        lib = llama()
         active = slot.active
         assert active is not None
-        token = active.sampler.sample(self._ctx, index)
         if not active.first_token_ns:
             active.first_token_ns = time.perf_counter_ns()
         if lib.llama_vocab_is_eog(self._vocab, token):
@@ -745,7 +719,7 @@ class Engine:
         active.generated += 1
         text, stopped = active.stream.push(self._piece_of(token))
         if text:
-            self._emit({"event": "token", "id": active.request.id, "text": text})
+            self._send_text(active.request.id, text)
         if stopped:
             self._finish(slot, "stop", flush=False)
         elif 0 < active.request.num_predict <= active.generated:
@@ -756,7 +730,7 @@ class Engine:
             active.next_token = token
 
     def _finish(
-        self, slot: _Slot, reason: str, *, flush: bool = True, forget: bool = False
+        self, slot: Slot, reason: DoneReason, *, flush: bool = True, forget: bool = False
     ) -> None:
         active = slot.active
         assert active is not None
@@ -764,15 +738,15 @@ class Engine:
         slot.last_used = time.monotonic()
         active.sampler.close()
         if forget:
-            _llama().llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
-            slot.cache.clear()
+            llama().llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
+            slot.trim(0)
         if flush and reason != "cancel":
             text, _ = active.stream.flush()
             if text:
-                self._emit({"event": "token", "id": active.request.id, "text": text})
+                self._send_text(active.request.id, text)
         ended = time.perf_counter_ns()
         first = active.first_token_ns or ended
-        self._emit(
+        self._send(
             _done(
                 active.request.id,
                 reason,
@@ -780,12 +754,12 @@ class Engine:
                 first - active.started_ns,
                 active.generated,
                 ended - first,
-                prompt_tokens=len(active.request.prompt),
+                len(active.request.prompt),
             )
         )
 
-    def _fail(self, slots: list[_Slot], message: str) -> None:
-        lib = _llama()
+    def _fail(self, slots: list[Slot], message: str) -> None:
+        lib = llama()
         for slot in slots:
             active = slot.active
             if active is None:
@@ -793,30 +767,26 @@ class Engine:
             slot.active = None
             active.sampler.close()
             lib.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
-            slot.cache.clear()
-            self._emit(_error(active.request.id, "internal", message))
-
-
-def _error(request_id: str, kind: str, message: str) -> Frame:
-    return {"event": "error", "id": request_id, "kind": kind, "message": message}
+            slot.trim(0)
+            self._send(error_frame(active.request.id, "internal", message))
 
 
 def _done(
     request_id: str,
-    reason: str,
+    reason: DoneReason,
     prompt_eval_count: int,
     prompt_eval_ns: int,
     eval_count: int,
     eval_ns: int,
     prompt_tokens: int | None = None,
-) -> Frame:
+) -> DoneFrame:
     """`prompt_tokens`: the whole prompt; `prompt_eval_count`: the tokens evaluated (the
-    rest came from the slot's cache)."""
+    rest came from a cache)."""
     return {
         "event": "done",
-        "prompt_tokens": prompt_eval_count if prompt_tokens is None else prompt_tokens,
         "id": request_id,
         "done_reason": reason,
+        "prompt_tokens": prompt_eval_count if prompt_tokens is None else prompt_tokens,
         "prompt_eval_count": prompt_eval_count,
         "prompt_eval_duration": max(prompt_eval_ns, 0),
         "eval_count": eval_count,
@@ -828,9 +798,7 @@ __all__ = [
     "Engine",
     "LoadInfo",
     "RequestError",
-    "SamplerChain",
-    "SamplingOptions",
-    "TextStream",
+    "StepStats",
     "common_prefix",
-    "grammar_for",
+    "prompt_chunk",
 ]

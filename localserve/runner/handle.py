@@ -1,7 +1,9 @@
 """The daemon's handle on one runner process (see localserve.runner.main and .protocol).
 
-`RunnerProcess.spawn()` starts `python -m localserve.runner.main` with one end of a socket pair,
-then a reader task routes each incoming frame to the request that owns its id. When the
+`RunnerProcess.spawn()` starts `python -m localserve.runner` with one end of a socket pair,
+then a reader task routes each incoming frame to the request that owns its id: a step's
+`tokens` frame becomes one `token` frame ({event, id, text}) per request in it, so callers
+see per-request frames (`token`s, then `done` or `embeddings`; or an `error`). When the
 process dies, every open request receives an error frame, so no caller waits forever.
 """
 
@@ -15,11 +17,12 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from localserve.errors import BadRequestError, LocalserveError, ModelLoadError, RunnerError
-from localserve.runner.protocol import Frame, ProtocolError, encode_frame, read_frame
+from localserve.runner.protocol import Frame, LoadOp, ProtocolError, encode_frame, read_frame
 
 log = logging.getLogger("localserve.runner.handle")
 _request_ids = itertools.count(1)
@@ -34,6 +37,7 @@ class LoadResult:
     load_duration_ns: int
     rss: int
     n_ctx: int
+    batch_invariant: bool = False  # the mode the runner decodes in (see runner.engine)
 
 
 class RunnerProcess:
@@ -105,6 +109,8 @@ class RunnerProcess:
         kind = frame.get("kind")
         if kind == "load_failed":
             return ModelLoadError(detail)
+        if kind == "context_failed":
+            return RunnerError(f"the runner could not make a context for the model ({detail})")
         if kind == "crashed":
             return RunnerError(f"the runner crashed while loading the model ({detail})")
         return RunnerError(f"the runner failed while loading the model: {detail}")
@@ -127,6 +133,9 @@ class RunnerProcess:
                 frame = await read_frame(self._reader)
                 if frame is None:
                     break
+                if frame.get("event") == "tokens":
+                    self._route_tokens(frame)
+                    continue
                 request_id = frame.get("id")
                 queue = self._requests.get(str(request_id)) if request_id else None
                 if queue is not None:
@@ -152,7 +161,18 @@ class RunnerProcess:
             for callback in self._exit_callbacks:
                 callback(self)
 
-    async def _send(self, message: Frame) -> None:
+    def _route_tokens(self, frame: Frame) -> None:
+        """One step's texts, as one `token` frame per request (late ones are dropped)."""
+        texts = frame.get("texts")
+        if not isinstance(texts, dict):
+            raise ProtocolError("a tokens frame without texts")
+        requests = self._requests
+        for request_id, text in texts.items():
+            queue = requests.get(request_id)
+            if queue is not None:
+                queue.put_nowait({"event": "token", "id": request_id, "text": text})
+
+    async def _send(self, message: Mapping[str, Any]) -> None:
         if not self.alive:
             raise RunnerError(self._describe_exit())
         try:
@@ -173,21 +193,27 @@ class RunnerProcess:
         tensor_split: list[float] | None = None,
         on_progress: Callable[[float], None] | None = None,
         adapt_threads: bool = False,
+        batch_invariant: bool = False,
+        flash_attn: bool = False,
     ) -> LoadResult:
-        """Load the model at `path`; ModelLoadError when llama.cpp refuses the file."""
+        """Load the model at `path`; ModelLoadError when llama.cpp refuses the file.
+        `batch_invariant`: decode so that a request's tokens do not depend on the requests
+        beside it (slower); `flash_attn`: flash attention on CPU too (faster at short
+        contexts, slower at long ones; see localserve.runner.engine)."""
         self._model_path = path
-        await self._send(
-            {
-                "op": "load",
-                "path": path,
-                "num_ctx": num_ctx,
-                "num_gpu": num_gpu,
-                "num_threads": num_threads,
-                "adapt_threads": adapt_threads,
-                "num_parallel": num_parallel,
-                "tensor_split": tensor_split,
-            }
-        )
+        load: LoadOp = {
+            "op": "load",
+            "path": path,
+            "num_ctx": num_ctx,
+            "num_gpu": num_gpu,
+            "num_threads": num_threads,
+            "adapt_threads": adapt_threads,
+            "num_parallel": num_parallel,
+            "tensor_split": tensor_split,
+            "batch_invariant": batch_invariant,
+            "flash_attn": flash_attn,
+        }
+        await self._send(load)
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
             try:
@@ -207,6 +233,7 @@ class RunnerProcess:
             load_duration_ns=int(frame.get("load_duration", 0)),
             rss=self.rss,
             n_ctx=int(frame.get("n_ctx", num_ctx)),
+            batch_invariant=bool(frame.get("batch_invariant", False)),
         )
 
     @contextlib.asynccontextmanager

@@ -8,11 +8,15 @@ prompt-prefix reuse per slot. Requests beyond the free slots wait in the engine'
 
 Threads: a reader thread receives frames and puts every op on a queue (it answers `stats`
 itself, at once); the main thread takes all queued ops between engine steps (load,
-generate, embed, cancel), then runs one batched decode step, and blocks on the queue only
-while the engine has nothing to do. So a cancel takes effect before the next step. Frames
-go out under one send lock; the main thread's frames are sent together after each round
-(one write per decode step for all sequences). Embeddings use a separate embedding-mode
-`llama_cpp.Llama`, created on first use. See localserve.runner.protocol for the messages.
+generate, embed, cancel), then runs one batched decode step and one embedding chunk, and
+blocks on the queue only while there is nothing to do. So a cancel takes effect before the
+next step, and a long embedding does not stall generation for its whole duration (while
+sequences generate, a chunk takes about as long as a decode step's prompt share). Frames go
+out under one send lock; the main thread's frames are sent together after each round: one
+write, and one `tokens` frame, per decode step for all sequences. Embeddings use an
+embedding context over the same model (localserve.runner.embed), created on first use.
+A CPU sampler thread feeds the thread policy (localserve.runner.threads). See
+localserve.runner.protocol for the messages.
 """
 
 from __future__ import annotations
@@ -28,13 +32,23 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import psutil
 
-from localserve.runner.engine import Engine, RequestError
-from localserve.runner.protocol import Frame, encode_frame, recv_frame
-from localserve.runner.threads import SAMPLE_INTERVAL_S, CpuSampler, ThreadGovernor, usable_cpus
+from localserve.runner.embed import Embedder, embed_batch
+from localserve.runner.engine import Engine, StepStats
+from localserve.runner.errors import RequestError
+from localserve.runner.protocol import (
+    Frame,
+    LoadedFrame,
+    LoadProgressFrame,
+    RunnerFrame,
+    StatsFrame,
+    encode_frame,
+    error_frame,
+    recv_frame,
+)
+from localserve.runner.threads import SAMPLE_INTERVAL_S, CpuSampler, ThreadPolicy, usable_cpus
 
 __all__ = ["RequestError", "Runner", "main"]
 
@@ -43,7 +57,12 @@ class LoadProgress:
     """Sends `load_progress` frames while llama.cpp loads: at most one per step of
     progress or per interval, and always the last (1.0)."""
 
-    def __init__(self, send: Callable[[Frame], None], step: float = 0.05, interval_s: float = 0.1):
+    def __init__(
+        self,
+        send: Callable[[LoadProgressFrame], None],
+        step: float = 0.05,
+        interval_s: float = 0.1,
+    ) -> None:
         self.send = send
         self.step = step
         self.interval_s = interval_s
@@ -123,10 +142,12 @@ class Runner:
         self.send_lock = threading.Lock()
         self.work: queue.Queue[Frame | None] = queue.Queue()
         self.engine = Engine(self.post, self.flush)
-        self.embedder: Any = None
+        self.embedder: Embedder | None = None
         self.load_params: Frame = {}
-        self._outbox: list[bytes] = []  # the engine's frames, sent together after each step
-        self.governor: ThreadGovernor | None = None  # set by a load with adapt_threads
+        self._outbox: list[bytes] = []  # the main thread's frames, sent together each round
+        self.policy: ThreadPolicy | None = None  # set by a load with adapt_threads
+        self._fixed_threads = 0
+        self._applied_threads = 0  # the count llama.cpp was last told
         self.cpu = CpuSampler()
         # The sampler thread's latest reading of other processes' load (cores), and a
         # count of readings, so the main thread applies each one once.
@@ -135,12 +156,12 @@ class Runner:
         self._applied = 0
         self._sampler: threading.Thread | None = None
 
-    def send(self, message: Frame) -> None:
+    def send(self, message: RunnerFrame) -> None:
         data = encode_frame(message)
         with self.send_lock:
             self.sock.sendall(data)
 
-    def post(self, message: Frame) -> None:
+    def post(self, message: RunnerFrame) -> None:
         """Queue a frame from the main thread; `flush` sends the queue in one write, so the
         daemon wakes once per decode step rather than once per token of every sequence."""
         self._outbox.append(encode_frame(message))
@@ -163,15 +184,14 @@ class Runner:
                 op = message.get("op")
                 if op == "stats":
                     engine = self.engine
-                    self.send(
-                        {
-                            "event": "stats",
-                            "rss": _rss(),
-                            "slots": len(engine.slots),
-                            "slots_busy": engine.busy_slots,
-                            "threads": self.threads,
-                        }
-                    )
+                    stats: StatsFrame = {
+                        "event": "stats",
+                        "rss": _rss(),
+                        "slots": len(engine.slots),
+                        "slots_busy": engine.busy_slots,
+                        "threads": self.threads,
+                    }
+                    self.send(stats)
                 elif op == "shutdown":
                     break
                 else:
@@ -190,20 +210,25 @@ class Runner:
         except OSError:
             return 0  # the daemon went away while we were sending
         finally:
+            if self.embedder is not None:
+                self.embedder.close()
             self.engine.close()
+
+    @property
+    def has_work(self) -> bool:
+        return self.engine.has_work or (self.embedder is not None and self.embedder.has_work)
 
     def _loop(self) -> int:
         while True:
             # Block only when idle; otherwise take what has arrived and step.
             messages: list[Frame | None] = []
-            if not self.engine.has_work:
+            if not self.has_work:
                 messages.append(self.work.get())
             while True:
                 try:
                     messages.append(self.work.get_nowait())
                 except queue.Empty:
                     break
-            _t0 = time.perf_counter()
             for message in messages:
                 if message is None:
                     self.flush()
@@ -212,10 +237,49 @@ class Runner:
                     self.flush()
                     return 1
             self.flush()
-            if self.engine.has_work:
-                self._govern_threads()  # before the step: a prompt read needs it most
-                self.engine.step()
+            if self.has_work:
+                self._step()
                 self.flush()
+
+    def _step(self) -> None:
+        """One decode step of the engine and one chunk of embeddings, with the threads the
+        policy picks (before the step: a prompt read needs the right count most)."""
+        policy = self.policy
+        if policy is not None:
+            if self._readings != self._applied:
+                self._applied = self._readings
+                policy.reading(self._other_load)
+            self._set_threads(policy.next_threads())
+            self._log_decisions(policy)
+        stats = StepStats()
+        if self.engine.has_work:
+            stats = self.engine.step()
+        embedder = self.embedder
+        if embedder is not None and embedder.has_work:
+            budget = embedder.busy_chunk() if self.engine.generating else embedder.n_batch
+            read = embedder.step(budget)
+            stats.tokens += read
+            stats.prompt_tokens += read  # never a step the policy compares
+        if policy is not None:
+            policy.observe(stats)
+            self._log_decisions(policy)
+
+    def _set_threads(self, threads: int) -> None:
+        if threads != self._applied_threads:
+            self._applied_threads = threads
+            self.engine.set_threads(threads)
+            if self.embedder is not None:
+                self.embedder.set_threads(threads)
+
+    def _log_decisions(self, policy: ThreadPolicy) -> None:
+        for decision in policy.decisions:
+            print(
+                f"runner {os.getpid()}: decoding with {decision} "
+                f"(max {policy.max_threads}; other processes use {policy.load:.1f} cores)",
+                file=sys.stderr,
+                flush=True,
+            )
+        policy.decisions.clear()
 
     def _sample_cpu(self) -> None:
         """Sampler thread: other processes' load over each SAMPLE_INTERVAL_S, idle or not,
@@ -228,28 +292,12 @@ class Runner:
                 self._other_load = other
                 self._readings += 1
 
-    def _govern_threads(self) -> None:
-        """Decode with no more threads than the cores others leave (each new reading)."""
-        if self.governor is None or self._readings == self._applied:
-            return
-        self._applied = self._readings
-        other = self._other_load
-        before = self.governor.threads
-        if self.governor.update(other) != before:
-            self.engine.set_threads(self.governor.threads)
-            print(
-                f"runner {os.getpid()}: decoding with {self.governor.threads} of "
-                f"{self.governor.max_threads} threads (other processes use {other:.1f} cores)",
-                file=sys.stderr,
-                flush=True,
-            )
-
     @property
     def threads(self) -> int:
         """The threads decodes use now."""
-        if self.governor is not None:
-            return self.governor.threads
-        return int(self.load_params.get("num_threads") or 0)
+        if self.policy is not None:
+            return self.policy.threads
+        return self._fixed_threads
 
     def handle(self, message: Frame) -> bool:
         """Run one op; False when the runner must exit (a failed load)."""
@@ -259,7 +307,8 @@ class Runner:
             if op == "load":
                 self.load(message)
             elif op == "cancel":
-                self.engine.cancel(request_id)
+                if self.embedder is None or not self.embedder.cancel(request_id):
+                    self.engine.cancel(request_id)
             elif not self.engine.loaded:
                 raise RequestError("internal", "no model loaded")
             elif op == "generate":
@@ -275,11 +324,11 @@ class Runner:
                 raise RequestError("bad_request", f"unknown op {op!r}")
         except RequestError as exc:
             text = _without_path(str(exc), str(self.load_params.get("path") or ""))
-            self.post({"event": "error", "id": request_id, "kind": exc.kind, "message": text})
+            self.post(error_frame(request_id or None, exc.kind, text))
             return op != "load"
         except Exception as exc:
             text = _without_path(repr(exc), str(self.load_params.get("path") or ""))
-            self.post({"event": "error", "id": request_id, "kind": "internal", "message": text})
+            self.post(error_frame(request_id or None, "internal", text))
             return op != "load"
         return True
 
@@ -291,14 +340,16 @@ class Runner:
             print(f"runner {os.getpid()}: no model file at {path}", file=sys.stderr, flush=True)
             raise RequestError("load_failed", "the model file is missing")
         threads = int(message.get("num_threads") or os.cpu_count() or 1)
-        self.governor = None
+        self._fixed_threads = self._applied_threads = threads
+        self.policy = None
         if message.get("adapt_threads") and threads > 1:
-            self.governor = ThreadGovernor(threads, len(usable_cpus()))
+            self.policy = ThreadPolicy(threads, len(usable_cpus()))
             if self._sampler is None:
                 self._sampler = threading.Thread(
                     target=self._sample_cpu, name="runner-cpu-sampler", daemon=True
                 )
                 self._sampler.start()
+        batch_invariant = bool(message.get("batch_invariant", False))
         with _llama_errors() as llama_errors:
             try:
                 info = self.engine.load(
@@ -307,71 +358,56 @@ class Runner:
                     num_parallel=int(message.get("num_parallel") or 1),
                     num_gpu=int(message.get("num_gpu", 0)),
                     num_threads=threads,
-                    num_batch=int(message.get("num_batch", 512)),
+                    num_batch=int(message.get("num_batch") or 512),
                     tensor_split=message.get("tensor_split") or None,
                     on_progress=LoadProgress(self.send),
+                    batch_invariant=batch_invariant,
+                    flash_attn=bool(message.get("flash_attn", False)),
                 )
             except (RequestError, ValueError, RuntimeError, OSError) as exc:
                 raise self._load_error(exc, path, llama_errors) from exc
-        self.post(
-            {
-                "event": "loaded",
-                "load_duration": int((time.perf_counter() - started) * 1e9),
-                "rss": _rss(),
-                "n_ctx": info.n_ctx,
-                "slots": info.slots,
-                "n_gpu_layers": int(message.get("num_gpu", 0)),
-                "threads": self.threads,
-            }
-        )
+        loaded: LoadedFrame = {
+            "event": "loaded",
+            "load_duration": int((time.perf_counter() - started) * 1e9),
+            "rss": _rss(),
+            "n_ctx": info.n_ctx,
+            "slots": info.slots,
+            "n_gpu_layers": int(message.get("num_gpu", 0)),
+            "threads": self.threads,
+            "batch_invariant": info.batch_invariant,
+            "embed_batch": embed_batch(int(message.get("num_gpu", 0))),
+        }
+        self.post(loaded)
 
     @staticmethod
     def _load_error(exc: Exception, path: str, llama_errors: list[str]) -> RequestError:
-        """A load failure for the daemon: `load_failed` when llama.cpp refused the file (with
-        its reason), `internal` when the model loaded but no context could be made."""
+        """A load failure for the daemon, by its kind: `load_failed` when llama.cpp refused
+        the file, `context_failed` when the model loaded but no context could be made (each
+        with llama.cpp's reason, never the path)."""
         print(f"runner {os.getpid()}: loading {path} failed: {exc}", file=sys.stderr, flush=True)
         reason = _load_reason(llama_errors, path)
         detail = _without_path(str(exc), path)
-        if isinstance(exc, RequestError) and "create a context" in detail:
-            return RequestError("internal", f"{detail}: {reason}" if reason else detail)
+        if isinstance(exc, RequestError) and exc.kind == "context_failed":
+            return RequestError("context_failed", f"{detail}: {reason}" if reason else detail)
         message = "llama.cpp refused the model file"
         return RequestError("load_failed", f"{message}: {reason or detail}")
 
     def embed(self, request_id: str, message: Frame) -> None:
-        import llama_cpp
-
+        """Queue an embedding request; its chunks run between decode steps."""
         if self.embedder is None:
             params = self.load_params
-            self.embedder = llama_cpp.Llama(
-                model_path=str(params["path"]),
-                n_ctx=int(params.get("num_ctx", 2048)),
-                n_batch=int(params.get("num_ctx", 2048)),
-                n_ubatch=int(params.get("num_ctx", 2048)),
-                n_gpu_layers=int(params.get("num_gpu", 0)),
-                n_threads=int(params.get("num_threads") or os.cpu_count() or 1),
-                embedding=True,
-                pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN,
-                verbose=False,
+            self.embedder = Embedder(
+                self.engine.model,
+                self.post,
+                num_ctx=int(params.get("num_ctx", 2048)),
+                num_threads=self._applied_threads or 1,
+                num_gpu=int(params.get("num_gpu", 0)),
             )
-        inputs = [str(x) for x in message.get("inputs") or []]
-        truncate = bool(message.get("truncate", True))
-        n_ctx = self.embedder.n_ctx()
-        counts = [len(self.embedder.tokenize(text.encode(), add_bos=True)) for text in inputs]
-        if not truncate and any(count > n_ctx for count in counts):
-            raise RequestError("bad_request", "input length exceeds the context length")
-        started = time.perf_counter_ns()
-        vectors = [
-            self.embedder.embed(text, normalize=bool(message.get("normalize", True)), truncate=True)
-            for text in inputs
-        ]
-        self.post(
-            {
-                "event": "embeddings",
-                "id": request_id,
-                "embeddings": vectors,
-                "prompt_eval_count": sum(min(c, n_ctx) for c in counts),
-                "prompt_eval_duration": time.perf_counter_ns() - started,
-            }
+        self.embedder.submit(
+            request_id,
+            [str(x) for x in message.get("inputs") or []],
+            truncate=bool(message.get("truncate", True)),
+            normalize=bool(message.get("normalize", True)),
         )
 
 

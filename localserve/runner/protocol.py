@@ -1,15 +1,20 @@
 """The framed protocol between the daemon and a runner process.
 
-Each frame is a 4-byte big-endian length followed by that many bytes of UTF-8 JSON
-(one object). Both directions use the same framing over a Unix socket pair.
+Each frame is a 4-byte big-endian length followed by that many bytes of UTF-8 JSON (one
+object). Both directions use the same framing over a Unix socket pair. Every frame has a
+TypedDict below; `Frame` is the untyped view the daemon's callers get.
 
 Daemon -> runner (`op`):
-    load      {op, path, num_ctx, num_gpu, num_threads, num_parallel, tensor_split?,
-               adapt_threads?}   num_ctx is per slot; adapt_threads: fewer threads
-              while other processes keep cores busy (localserve.runner.threads)
+    load      {op, path, num_ctx, num_gpu, num_threads, num_parallel, num_batch?,
+               tensor_split?, adapt_threads?, batch_invariant?, flash_attn?}
+              num_ctx is per slot; adapt_threads: fewer threads while that decodes faster
+              (localserve.runner.threads); batch_invariant: a request's tokens do not
+              depend on what else runs beside it (slower; see localserve.runner.engine);
+              flash_attn: flash attention on CPU too (faster with several threads, but a
+              cached prompt may then answer differently from a fresh read)
     generate  {op, id, prompt, options, format?}   format: "json" or a schema; requests
               beyond the runner's num_parallel slots wait in the runner
-    embed     {op, id, inputs, truncate, normalize}
+    embed     {op, id, inputs, truncate?, normalize?}
     cancel    {op, id}
     stats     {op}
     shutdown  {op}
@@ -17,16 +22,27 @@ Daemon -> runner (`op`):
 Runner -> daemon (`event`):
     ready     {event, pid}                       the process is up, llama_cpp imported
     load_progress {event, progress}              0..1 while llama.cpp loads (throttled)
-    loaded    {event, load_duration, rss, n_ctx, slots, n_gpu_layers, threads}  n_ctx per slot
-    token     {event, id, text}                  one decoded piece of a generation
+    loaded    {event, load_duration, rss, n_ctx, slots, n_gpu_layers, threads,
+               batch_invariant, embed_batch}     n_ctx per slot; embed_batch: the tokens
+                                                 one embedding decode reads at most
+    tokens    {event, texts: {id: text, ...}}    one decode step: the new text of every
+                                                 request that produced some (one frame per
+                                                 step for all sequences, not one per token)
     done      {event, id, done_reason, prompt_tokens, prompt_eval_count,
                prompt_eval_duration, eval_count, eval_duration}  durations in nanoseconds;
                                                  prompt_tokens counts the whole prompt,
                                                  prompt_eval_count only the tokens
-                                                 evaluated (a reused prefix is not)
-    embeddings{event, id, embeddings, prompt_eval_count}
+                                                 evaluated (a reused or copied prefix is
+                                                 not; 0 when the whole prompt was cached
+                                                 with its logits)
+    embeddings{event, id, embeddings, prompt_eval_count, prompt_eval_duration}
     error     {event, id?, kind, message}        id absent for load errors
     stats     {event, rss, slots, slots_busy, threads}
+
+Within one write, a request's `tokens` text always comes before its `done`. The daemon's
+handle (localserve.runner.handle) turns each `tokens` frame into one `token` frame
+({event: "token", id, text}) per request for its callers, so they see per-request frames:
+`token`s, then `done` (or `embeddings`), or an `error`.
 
 Every request carries an `id`, so one runner can hold several requests at once.
 """
@@ -37,20 +53,175 @@ import asyncio
 import json
 import socket
 import struct
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Literal, NotRequired, TypedDict
 
 HEADER = struct.Struct(">I")
 MAX_FRAME = 256 * 1024 * 1024
 
 Frame = dict[str, Any]
+"""Any frame, untyped (what the daemon's callers receive)."""
+
+ErrorKind = Literal["bad_request", "internal", "load_failed", "context_failed", "crashed"]
+"""`load_failed`: llama.cpp refused the model file; `context_failed`: the model loaded but
+llama.cpp could not make a context for it (too little memory for num_ctx x slots, ...);
+`crashed`: the runner process died (made up by the daemon's handle, never sent)."""
+
+DoneReason = Literal["stop", "length", "cancel"]
+
+
+# ---- daemon -> runner ----------------------------------------------------------------------
+
+
+class LoadOp(TypedDict):
+    op: Literal["load"]
+    path: str
+    num_ctx: int
+    num_gpu: NotRequired[int]
+    num_threads: NotRequired[int]
+    num_parallel: NotRequired[int]
+    num_batch: NotRequired[int]
+    tensor_split: NotRequired[list[float] | None]
+    adapt_threads: NotRequired[bool]
+    batch_invariant: NotRequired[bool]
+    flash_attn: NotRequired[bool]
+
+
+class GenerateOp(TypedDict):
+    op: Literal["generate"]
+    id: str
+    prompt: str
+    options: dict[str, Any]
+    format: NotRequired[Any]
+
+
+class EmbedOp(TypedDict):
+    op: Literal["embed"]
+    id: str
+    inputs: list[str]
+    truncate: NotRequired[bool]
+    normalize: NotRequired[bool]
+
+
+class CancelOp(TypedDict):
+    op: Literal["cancel"]
+    id: str
+
+
+class StatsOp(TypedDict):
+    op: Literal["stats"]
+
+
+class ShutdownOp(TypedDict):
+    op: Literal["shutdown"]
+
+
+Op = LoadOp | GenerateOp | EmbedOp | CancelOp | StatsOp | ShutdownOp
+
+
+# ---- runner -> daemon ----------------------------------------------------------------------
+
+
+class ReadyFrame(TypedDict):
+    event: Literal["ready"]
+    pid: int
+
+
+class LoadProgressFrame(TypedDict):
+    event: Literal["load_progress"]
+    progress: float
+
+
+class LoadedFrame(TypedDict):
+    event: Literal["loaded"]
+    load_duration: int
+    rss: int
+    n_ctx: int
+    slots: int
+    n_gpu_layers: int
+    threads: int
+    batch_invariant: bool
+    embed_batch: int
+
+
+class TokensFrame(TypedDict):
+    event: Literal["tokens"]
+    texts: dict[str, str]
+
+
+class TokenFrame(TypedDict):
+    """One request's text from one step: what the handle gives its callers (not sent)."""
+
+    event: Literal["token"]
+    id: str
+    text: str
+
+
+class DoneFrame(TypedDict):
+    event: Literal["done"]
+    id: str
+    done_reason: DoneReason
+    prompt_tokens: int
+    prompt_eval_count: int
+    prompt_eval_duration: int
+    eval_count: int
+    eval_duration: int
+
+
+class EmbeddingsFrame(TypedDict):
+    event: Literal["embeddings"]
+    id: str
+    embeddings: list[list[float]]
+    prompt_eval_count: int
+    prompt_eval_duration: int
+
+
+class ErrorFrame(TypedDict):
+    event: Literal["error"]
+    id: NotRequired[str]
+    kind: ErrorKind
+    message: str
+
+
+class StatsFrame(TypedDict):
+    event: Literal["stats"]
+    rss: int
+    slots: int
+    slots_busy: int
+    threads: int
+
+
+RunnerFrame = (
+    ReadyFrame
+    | LoadProgressFrame
+    | LoadedFrame
+    | TokensFrame
+    | DoneFrame
+    | EmbeddingsFrame
+    | ErrorFrame
+    | StatsFrame
+)
+
+
+def error_frame(request_id: str | None, kind: ErrorKind, message: str) -> ErrorFrame:
+    frame: ErrorFrame = {"event": "error", "kind": kind, "message": message}
+    if request_id is not None:
+        frame["id"] = request_id
+    return frame
+
+
+# ---- framing -------------------------------------------------------------------------------
 
 
 class ProtocolError(Exception):
     pass
 
 
-def encode_frame(message: Frame) -> bytes:
-    body = json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
+_encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
+def encode_frame(message: Mapping[str, Any]) -> bytes:
+    body = _encoder.encode(message).encode()
     return HEADER.pack(len(body)) + body
 
 

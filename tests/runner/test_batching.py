@@ -16,8 +16,11 @@ from typing import Any
 import pytest
 import runner_harness
 
-from localserve.runner.engine import RequestError, SamplingOptions, TextStream, common_prefix
+from localserve.runner.errors import RequestError
 from localserve.runner.protocol import Frame
+from localserve.runner.sampling import SamplingOptions
+from localserve.runner.slots import common_prefix, prompt_chunk
+from localserve.runner.text import TextStream
 
 TIMEOUT_S = 120.0
 CHATML = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
@@ -32,7 +35,14 @@ class Runner(runner_harness.RunnerProcess):
         self.order: list[Frame] = []  # every frame, in arrival order
         assert self.recv()["event"] == "ready"
 
-    def load(self, path: Path, num_ctx: int = 512, num_parallel: int = 4) -> Frame:
+    def load(
+        self,
+        path: Path,
+        num_ctx: int = 512,
+        num_parallel: int = 4,
+        *,
+        batch_invariant: bool = False,
+    ) -> Frame:
         self.send(
             {
                 "op": "load",
@@ -40,10 +50,12 @@ class Runner(runner_harness.RunnerProcess):
                 "num_ctx": num_ctx,
                 "num_threads": 2,
                 "num_parallel": num_parallel,
+                "batch_invariant": batch_invariant,
             }
         )
         frame = self.recv()
         assert frame["event"] == "loaded", frame
+        assert frame["batch_invariant"] is batch_invariant
         return frame
 
     def generate(self, request_id: str, prompt: str, fmt: Any = None, **options: Any) -> None:
@@ -134,6 +146,15 @@ def test_common_prefix_counts_shared_leading_tokens() -> None:
     assert common_prefix([1, 2, 3], [1, 2, 4, 5]) == 2
     assert common_prefix([], [1]) == 0
     assert common_prefix([7, 8], [7, 8]) == 2
+
+
+def test_a_prompt_chunk_never_leaves_one_token_and_is_never_a_single_token_cut() -> None:
+    assert prompt_chunk(100, 512) == 100  # all of it
+    assert prompt_chunk(100, 40) == 40
+    assert prompt_chunk(41, 40) == 39  # not 40, which would leave one token
+    assert prompt_chunk(100, 1) == 0  # a one-token cut waits for a larger budget
+    assert prompt_chunk(2, 1) == 0
+    assert prompt_chunk(1, 1) == 1  # a one-token prompt is all there is
 
 
 def test_sampling_options_map_a_negative_seed_to_random_and_refuse_bad_values() -> None:
@@ -228,6 +249,7 @@ def test_cancelling_a_request_that_waits_for_a_slot_answers_at_once(
             "event": "done",
             "id": "queued",
             "done_reason": "cancel",
+            "prompt_tokens": 0,
             "prompt_eval_count": 0,
             "prompt_eval_duration": 0,
             "eval_count": 0,
@@ -254,9 +276,10 @@ def test_a_continued_prompt_reuses_its_slot_and_evaluates_only_new_tokens(
     # Byte tokens: the last answer token was never decoded, so it is evaluated with `extra`.
     assert done2["prompt_eval_count"] == len(extra) + 1
     assert done1["prompt_eval_count"] > len(first)
-    # The same prompt again: only its last token is evaluated (for fresh logits).
+    # The same prompt again: only its last two tokens are evaluated (for fresh logits that
+    # match an uncached read: a one-token chunk would take another path in llama.cpp).
     runner.generate("t3", first, num_predict=1)
-    assert runner.wait("t3")["t3"][1]["prompt_eval_count"] == 1
+    assert runner.wait("t3")["t3"][1]["prompt_eval_count"] == 2
 
 
 def test_an_unrelated_prompt_takes_an_empty_slot_and_keeps_the_cached_one(
@@ -289,7 +312,7 @@ def test_context_window_is_per_slot(
     assert (frame["event"], frame["kind"]) == ("error", "bad_request")
 
 
-# ---- sampling equality and JSON mode (SmolLM2) ---------------------------------------------
+# ---- sampling equality (batch-invariant mode) and JSON mode (SmolLM2) -----------------------
 
 PROMPTS = [
     CHATML.format("Write one sentence about the sea."),
@@ -318,13 +341,13 @@ def test_concurrent_seeded_requests_match_the_same_requests_run_one_at_a_time(
     start_runner: Callable[[], Runner], smollm2_path: Path
 ) -> None:
     solo = start_runner()
-    solo.load(smollm2_path, num_ctx=512, num_parallel=4)
+    solo.load(smollm2_path, num_ctx=512, num_parallel=4, batch_invariant=True)
     alone = {}
     for i in range(4):
         _sampled(solo, "s", [i])
         alone[i] = solo.wait(f"s{i}")[f"s{i}"][0]
     together = start_runner()
-    together.load(smollm2_path, num_ctx=512, num_parallel=4)
+    together.load(smollm2_path, num_ctx=512, num_parallel=4, batch_invariant=True)
     _sampled(together, "t", [0, 1, 2, 3])
     results = together.wait("t0", "t1", "t2", "t3")
     assert len(set(alone.values())) == 4  # the seeds do make different texts
@@ -336,11 +359,11 @@ def test_requests_joining_mid_stream_still_match_their_solo_runs(
     start_runner: Callable[[], Runner], smollm2_path: Path
 ) -> None:
     runner = start_runner()
-    runner.load(smollm2_path, num_ctx=512, num_parallel=4)
+    runner.load(smollm2_path, num_ctx=512, num_parallel=4, batch_invariant=True)
     _sampled(runner, "solo", [3])
     alone = runner.wait("solo3")
     fresh = start_runner()
-    fresh.load(smollm2_path, num_ctx=512, num_parallel=4)
+    fresh.load(smollm2_path, num_ctx=512, num_parallel=4, batch_invariant=True)
     _sampled(fresh, "first", [0], num_predict=200)
     while "first0" not in fresh.frames:
         fresh.pump()
@@ -355,11 +378,11 @@ def test_cancelling_one_of_four_leaves_the_other_three_texts_unchanged(
     start_runner: Callable[[], Runner], smollm2_path: Path
 ) -> None:
     solo = start_runner()
-    solo.load(smollm2_path, num_ctx=512, num_parallel=4)
+    solo.load(smollm2_path, num_ctx=512, num_parallel=4, batch_invariant=True)
     _sampled(solo, "s", [0, 1, 3])
     alone = solo.wait("s0", "s1", "s3")
     runner = start_runner()
-    runner.load(smollm2_path, num_ctx=512, num_parallel=4)
+    runner.load(smollm2_path, num_ctx=512, num_parallel=4, batch_invariant=True)
     _sampled(runner, "c", [0, 1])
     _sampled(runner, "c", [3])
     runner.generate("c2", PROMPTS[2], seed=7, num_predict=500)

@@ -268,6 +268,22 @@ def test_loading_a_broken_file_fails_and_the_runner_exits_non_zero(
     assert frame["event"] == "error"
     assert frame["kind"] == "load_failed"
     assert frame["message"]
+    assert str(path) not in frame["message"]
+    assert runner.wait() != 0
+
+
+def test_a_context_llama_cpp_cannot_make_is_its_own_error_kind_without_the_path(
+    runner: RunnerProcess, smollm2_path: Path
+) -> None:
+    """The model loads, but a KV cache of 2 x 4M tokens (about 100 GB) cannot be made."""
+    load = {"op": "load", "path": str(smollm2_path), "num_ctx": 2**22, "num_threads": 1}
+    runner.send({**load, "num_parallel": 2})
+    frame = runner.recv()
+    assert (frame["event"], frame["kind"]) == ("error", "context_failed")
+    assert "id" not in frame
+    assert "context" in frame["message"]
+    assert str(smollm2_path.parent) not in frame["message"]
+    assert smollm2_path.name not in frame["message"]
     assert runner.wait() != 0
 
 
@@ -302,6 +318,79 @@ def test_embed_refuses_an_overlong_input_without_truncate(
     runner.send({"op": "embed", "id": "e", "inputs": ["y" * 500], "truncate": False})
     frame = runner.recv()
     assert (frame["event"], frame["kind"]) == ("error", "bad_request")
+
+
+def test_inputs_embedded_together_match_each_embedded_alone(loaded: RunnerProcess) -> None:
+    texts = ["hello", "a somewhat longer input about something", "!", "x" * 300]
+    loaded.send({"op": "embed", "id": "all", "inputs": texts})
+    together = loaded.recv()["embeddings"]
+    for i, text in enumerate(texts):
+        loaded.send({"op": "embed", "id": f"one{i}", "inputs": [text]})
+        alone = loaded.recv()["embeddings"][0]
+        assert max(abs(a - b) for a, b in zip(together[i], alone, strict=True)) < 1e-5, i
+
+
+def test_a_long_embedding_does_not_stall_a_running_generation(
+    runner: RunnerProcess, tiny_model: TinyModelFactory
+) -> None:
+    """The embedding is read in chunks between decode steps: the generation goes on."""
+    loaded = runner.load(tiny_model("b", context_length=4096), num_ctx=4096)
+    assert loaded["event"] == "loaded"
+    runner.generate("gen", "hi", num_predict=3000)
+    assert runner.recv()["event"] == "token"
+    runner.send({"op": "embed", "id": "long", "inputs": ["y" * 3000]})
+    between = 0
+    while True:
+        frame = runner.recv()
+        if frame.get("id") == "long":
+            assert frame["event"] == "embeddings", frame
+            break
+        assert (frame["id"], frame["event"]) == ("gen", "token"), frame
+        between += 1
+    chunks = -(-frame["prompt_eval_count"] // loaded["embed_batch"])
+    assert chunks >= 20
+    assert between >= chunks - 1  # a generated token between every two chunks
+    runner.send({"op": "cancel", "id": "gen"})
+    _, done = runner.collect("gen")
+    assert done["done_reason"] == "cancel"
+
+
+def test_a_long_input_is_embedded_in_chunks_as_in_one_pass_without_ballooning(
+    runner: RunnerProcess, smollm2_path: Path
+) -> None:
+    """SmolLM2: a 700-token input read 128 tokens at a time gives the vector that one pass
+    over it gives (llama-cpp-python's Llama.embed, mean pooling), and the runner grows by
+    far less than the one-pass buffers would take (logits for every token alone: 150 MB)."""
+    import llama_cpp
+
+    text = " ".join(f"word{i % 97} is here" for i in range(140))
+    loaded = runner.load(smollm2_path, num_ctx=768)
+    assert (loaded["event"], loaded["embed_batch"]) == ("loaded", 128)
+    runner.send({"op": "stats"})
+    before = runner.recv()["rss"]
+    runner.send({"op": "embed", "id": "e", "inputs": [text]})
+    frame = runner.recv()
+    assert frame["event"] == "embeddings", frame
+    runner.send({"op": "stats"})
+    grown = runner.recv()["rss"] - before
+    assert 512 < frame["prompt_eval_count"] < 768
+    assert grown < 120 * 2**20, grown
+    reference = llama_cpp.Llama(
+        model_path=str(smollm2_path),
+        n_ctx=768,
+        n_batch=768,
+        n_ubatch=768,
+        embedding=True,
+        pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN,
+        verbose=False,
+    )
+    try:
+        expected = reference.embed(text, normalize=True)
+    finally:
+        reference.close()
+    got = frame["embeddings"][0]
+    assert len(got) == len(expected)
+    assert sum(a * b for a, b in zip(got, expected, strict=True)) > 0.9999
 
 
 # ---- framing -------------------------------------------------------------------------------
@@ -447,6 +536,7 @@ def machine_held_by_others() -> Iterator[None]:
             spinner.wait()
 
 
+@pytest.mark.cpu_heavy
 def test_an_adaptive_runner_gives_up_threads_while_other_processes_hold_the_cores(
     adaptive: RunnerProcess,
 ) -> None:
@@ -462,6 +552,7 @@ def test_an_adaptive_runner_gives_up_threads_while_other_processes_hold_the_core
         assert time.monotonic() < deadline, "the runner never took its threads back"
 
 
+@pytest.mark.cpu_heavy
 def test_a_runner_back_from_idle_knows_the_load_of_the_moment(adaptive: RunnerProcess) -> None:
     _stats_while_generating(adaptive, "before")
     with machine_held_by_others():
