@@ -136,6 +136,10 @@ class Settings:
     load_timeout_s: float = 300.0
     spare_runner: bool = True
     adapt_threads: bool = True  # fewer llama.cpp threads while other programs use cores
+    # A request's tokens do not depend on the requests decoded beside it (slower; see
+    # localserve.runner.engine).
+    batch_invariant: bool = False
+    flash_attn: bool = False  # flash attention on CPU too (faster at short contexts only)
     autostart: bool = True  # CLI commands start the daemon when nothing answers
 
     @property
@@ -214,7 +218,7 @@ def _coerce(name: str, raw: Any) -> Any:
             return Path(str(raw)).expanduser()
         if name == "api_key":
             return str(raw) or None
-        if name in ("spare_runner", "autostart", "adapt_threads"):
+        if name in ("spare_runner", "autostart", "adapt_threads", "batch_invariant", "flash_attn"):
             return _parse_bool(raw)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"invalid value for {name}: {raw!r}") from exc
@@ -242,6 +246,8 @@ ENV_VARS: dict[str, str] = {
     "LOCALSERVE_LOAD_TIMEOUT": "load_timeout_s",
     "LOCALSERVE_SPARE_RUNNER": "spare_runner",
     "LOCALSERVE_ADAPT_THREADS": "adapt_threads",
+    "LOCALSERVE_BATCH_INVARIANT": "batch_invariant",
+    "LOCALSERVE_FLASH_ATTN": "flash_attn",
 }
 
 

@@ -291,3 +291,15 @@ def test_adaptive_threads_are_on_unless_turned_off(tmp_path: Path) -> None:
     assert settings.adapt_threads is False
     with pytest.raises(ConfigError, match="adapt_threads"):
         load_settings(env={"LOCALSERVE_ADAPT_THREADS": "sometimes"}, config_file=none)
+
+
+@pytest.mark.parametrize(
+    ("variable", "setting"),
+    [("LOCALSERVE_BATCH_INVARIANT", "batch_invariant"), ("LOCALSERVE_FLASH_ATTN", "flash_attn")],
+)
+def test_decode_modes_are_off_unless_turned_on(tmp_path: Path, variable: str, setting: str) -> None:
+    none = tmp_path / "none.toml"
+    assert getattr(load_settings(env={}, config_file=none), setting) is False
+    assert getattr(load_settings(env={variable: "1"}, config_file=none), setting) is True
+    with pytest.raises(ConfigError, match=setting):
+        load_settings(env={variable: "often"}, config_file=none)

@@ -654,6 +654,8 @@ class Scheduler:
                 tensor_split=tensor_split(plan),
                 num_threads=self.settings.num_threads,
                 adapt_threads=self.settings.adapt_threads,
+                batch_invariant=self.settings.batch_invariant,
+                flash_attn=self.settings.flash_attn,
                 timeout=self.settings.load_timeout_s,
                 num_parallel=model.spec.num_parallel,
                 on_progress=lambda progress: self._post(

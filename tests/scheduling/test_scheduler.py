@@ -906,3 +906,14 @@ def test_ps_reports_cpu_only_models_with_no_vram(tmp_path: Path) -> None:
         _generate(daemon.base_url, "tiny")
         (row,) = daemon.ps()
         assert row["size_vram"] == 0 and row["size"] > 0 and row["gpu_layers"] == 0
+
+
+@pytest.mark.parametrize("batch_invariant", [False, True])
+async def test_decode_mode_settings_reach_the_runner_load(
+    tmp_path: Path, batch_invariant: bool
+) -> None:
+    world = World(tmp_path, batch_invariant=batch_invariant, flash_attn=not batch_invariant)
+    lease = await world.acquire(spec("a"))
+    assert lease.runner.load_args["batch_invariant"] is batch_invariant
+    assert lease.runner.load_args["flash_attn"] is (not batch_invariant)
+    world.release(lease)
