@@ -14,11 +14,13 @@ SmolLM2, the attention scores n_ctx² floats per head): measured with SmolLM2 at
 A non-causal model (BERT-like) must see an input in one micro-batch: its batch is then the
 whole context, as before.
 
-Memory beyond the generation context, in bytes (`Embedder.memory_estimate`):
+Memory beyond the generation context, in bytes (the scheduler's estimate:
+`localserve.store.gguf_facts.estimate_embedding_context_bytes`):
 KV cache `num_ctx * n_layer * (n_embd_k_gqa + n_embd_v_gqa) * 2` (F16), output buffers
 `EMBED_BATCH * (n_vocab + n_embd) * 4` (llama.cpp computes logits for every output token),
-and a compute buffer of about `EMBED_BATCH * num_ctx * n_head * 4` (attention scores) plus
-a few activations. The context is made on the first embed request and kept.
+and a compute buffer of about `EMBED_BATCH * num_ctx * n_head * 4` (attention scores), a
+few activations and ~40 MB of graph buffers and allocator slack (measured). The context
+is made on the first embed request and kept.
 """
 
 from __future__ import annotations
@@ -115,22 +117,6 @@ class Embedder:
         self._reading: list[_Input] = []  # inputs with a sequence (and KV cells) of their own
         self._free_seqs = list(range(EMBED_SEQS))
         self._s_per_token = 0.0
-
-    @staticmethod
-    def memory_estimate(model: Any, num_ctx: int, num_gpu: int = 0) -> int:
-        """Bytes an embedding context for `model` at `num_ctx` adds (see the module doc)."""
-        lib = llama()
-        n_layer = int(lib.llama_model_n_layer(model))
-        n_embd = int(lib.llama_model_n_embd(model))
-        n_head = max(1, int(lib.llama_model_n_head(model)))
-        n_head_kv = max(1, int(lib.llama_model_n_head_kv(model)))
-        n_vocab = int(lib.llama_vocab_n_tokens(lib.llama_model_get_vocab(model)))
-        kv_dims = 2 * n_embd // n_head * n_head_kv
-        batch = embed_batch(num_gpu)
-        kv = num_ctx * n_layer * kv_dims * 2
-        outputs = batch * (n_vocab + n_embd) * 4
-        scores = batch * num_ctx * n_head * 4
-        return kv + outputs + scores + batch * n_embd * 4 * 8
 
     @property
     def has_work(self) -> bool:

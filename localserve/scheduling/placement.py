@@ -14,8 +14,13 @@ from typing import Protocol, TypeVar
 
 from localserve.config import Settings
 from localserve.errors import ModelTooLargeError
+from localserve.runner.embed import embed_batch
 from localserve.scheduling.gpu import GpuInfo
-from localserve.store.gguf_facts import ModelFacts, estimate_kv_cache_bytes
+from localserve.store.gguf_facts import (
+    ModelFacts,
+    estimate_embedding_context_bytes,
+    estimate_kv_cache_bytes,
+)
 
 # A runner's RAM beyond its tensors and KV cache (llama.cpp's CPU compute buffers).
 COMPUTE_OVERHEAD_BYTES = 64 * 1024**2
@@ -149,6 +154,13 @@ def plan_offload(
     layers, output_bytes, _ = model_footprint(facts, num_ctx)
     total_layers = len(layers) + 1
     weights_total = sum(layers) + output_bytes + compute_overhead
+    if facts.pooling:
+        # An embedding model gets an embedding context on its first request; counted in
+        # RAM from the start. (A generation model asked for embeddings grows by the same
+        # amount later: its measured RSS, which the memory watcher reads, shows it.)
+        weights_total += estimate_embedding_context_bytes(
+            facts, num_ctx, embed_batch(1 if gpus else 0)
+        )
     if not gpus:
         # CPU only: nothing goes to VRAM (a CPU build of llama.cpp ignores num_gpu).
         passed = 0 if requested_layers is None else max(0, min(requested_layers, total_layers))

@@ -77,6 +77,7 @@ class ModelFacts:
     layer_bytes: list[int] = field(default_factory=list)
     output_bytes: int = 0
     pooling: bool = False
+    vocab_size: int = 0  # tokens in the vocabulary (0: unknown, e.g. facts stored before)
     bos_token: str | None = None
     eos_token: str | None = None
     # Fill-in-the-middle: the texts of the prefix, suffix and middle tokens, when the
@@ -775,8 +776,39 @@ def read_model_facts(path: Path) -> ModelFacts:
         layer_bytes=layer_bytes,
         output_bytes=output_bytes,
         pooling=pooling > 0,
+        vocab_size=len(header.tokens or ()),
         metadata=metadata,
     )
+
+
+# Encoder architectures: attention is not causal, an input is read in one micro-batch.
+NON_CAUSAL_ARCHITECTURES = frozenset(
+    {"bert", "nomic-bert", "nomic-bert-moe", "jina-bert-v2", "modern-bert", "t5encoder"}
+)
+
+
+# What an embedding context takes beyond its KV cache and buffers: compute-graph buffers
+# and allocator slack (measured with SmolLM2: a constant ~40 MB over num_ctx 512..8192).
+EMBEDDING_CONTEXT_OVERHEAD_BYTES = 40 * 1000**2
+
+
+def estimate_embedding_context_bytes(facts: ModelFacts, num_ctx: int, batch: int) -> int:
+    """RAM an embedding context adds to a loaded model (localserve.runner.embed): its
+    KV cache (F16), output buffers for `batch` tokens (logits for every token where the
+    model has an LM head), attention scores for a micro-batch, a few activations and a
+    constant overhead. Measured with SmolLM2 the runner grew by 69, 81, 105, 153 and
+    249 MB at num_ctx 512..8192; this gives 15-20% more. A non-causal model reads an
+    input in one micro-batch of the whole context."""
+    if facts.head_count <= 0 or facts.embedding_length <= 0:
+        return 0
+    causal = facts.architecture not in NON_CAUSAL_ARCHITECTURES
+    batch = min(batch, num_ctx) if causal else num_ctx
+    width, heads = facts.embedding_length, facts.head_count
+    kv = estimate_kv_cache_bytes(facts, num_ctx)
+    outputs = batch * ((facts.vocab_size if causal else 0) + width) * 4
+    scores = batch * num_ctx * heads * 4
+    activations = batch * width * 4 * 8
+    return kv + outputs + scores + activations + EMBEDDING_CONTEXT_OVERHEAD_BYTES
 
 
 def estimate_kv_cache_bytes(facts: ModelFacts, num_ctx: int, bytes_per_value: int = 2) -> int:

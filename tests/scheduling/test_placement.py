@@ -3,6 +3,7 @@ eviction order, room planning and reclaiming, on plain stand-ins for loaded mode
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import pytest
@@ -22,7 +23,11 @@ from localserve.scheduling.placement import (
     reclaim_victims,
     tensor_split,
 )
-from localserve.store.gguf_facts import ModelFacts
+from localserve.store.gguf_facts import (
+    ModelFacts,
+    estimate_embedding_context_bytes,
+    estimate_kv_cache_bytes,
+)
 
 MiB = 1024**2
 
@@ -53,6 +58,21 @@ def test_no_gpu_means_everything_in_ram() -> None:
     plan = plan_offload(facts(), 2048, [], reserve_bytes=0)
     assert plan.layers == 0 and plan.vram_bytes == 0
     assert plan.ram_bytes >= 10 * 100 * MiB + 50 * MiB
+
+
+def test_an_embedding_model_counts_its_embedding_context_in_ram() -> None:
+    """An embedding model (pooling) gets an embedding context on its first request: the
+    plan counts it from the start, growing with the context (its KV cache)."""
+    shaped = dict(embedding_length=576, head_count=9, head_count_kv=3, vocab_size=49152)
+    generator = dataclasses.replace(facts(), **shaped)
+    embedder = dataclasses.replace(generator, pooling=True)
+    for num_ctx in (512, 4096):
+        extra = estimate_embedding_context_bytes(embedder, num_ctx, 128)
+        plain = plan_offload(generator, num_ctx, [], reserve_bytes=0).ram_bytes
+        assert plan_offload(embedder, num_ctx, [], reserve_bytes=0).ram_bytes == plain + extra
+    assert estimate_embedding_context_bytes(embedder, 4096, 128) > estimate_embedding_context_bytes(
+        embedder, 512, 128
+    ) + estimate_kv_cache_bytes(embedder, 3584)
 
 
 def test_a_big_gpu_takes_every_layer_and_the_output_layer() -> None:
