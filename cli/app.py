@@ -1,6 +1,7 @@
 """The `localserve` command line: the typer app, assembled from the command modules.
 
-Commands: serve, daemon start|stop|status (`daemon_cmds`), run (`run`, its REPL in
+Commands: serve, daemon start|stop|status|drain (`daemon_cmds`), fleet config
+(`fleet_cmds`), run (`run`, its REPL in
 `repl`), list (ls), ps, show, stop, pin, unpin (`models`), create, cp, rm, pull, catalog
 (`store_cmds`), tui (top), version. The CLI talks to the daemon only through
 `localserve.client.http`; commands that need the daemon start it in the background when
@@ -32,7 +33,7 @@ import typer
 from localserve.client.http import ClientError
 
 # isort: split
-from localserve.cli import daemon_cmds, models, store_cmds
+from localserve.cli import daemon_cmds, fleet_cmds, keys_cmds, models, routes_cmds, store_cmds
 from localserve.cli import run as run_cmd
 from localserve.cli.chat import load_progress_shown
 from localserve.cli.common import client_version, complete_model_name, get_settings, make_client
@@ -61,6 +62,7 @@ app = typer.Typer(
     "4 model not found, 5 busy, 130 interrupted.",
 )
 app.add_typer(daemon_cmds.daemon_app, name="daemon")
+app.add_typer(fleet_cmds.fleet_app, name="fleet")
 app.command()(daemon_cmds.serve)
 app.command()(run_cmd.run)
 app.command("list")(models.list_cmd)
@@ -75,6 +77,12 @@ app.command()(models.unpin)
 app.command()(store_cmds.create)
 app.command()(store_cmds.pull)
 app.command("catalog")(store_cmds.catalog_cmd)
+app.add_typer(keys_cmds.keys_app, name="keys")  # issue 16: API keys
+app.command("usage")(keys_cmds.usage)
+# -- routes (issue 14): route set|show|list|history|delete, rollback, rollout
+app.add_typer(routes_cmds.route_app, name="route")
+app.command()(routes_cmds.rollback)
+app.command()(routes_cmds.rollout)
 
 
 @app.command()

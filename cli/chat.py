@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
+import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
@@ -28,10 +29,11 @@ T = TypeVar("T")
 
 @contextlib.asynccontextmanager
 async def load_progress_shown(
-    client: LocalserveClient, model: str, status: Any
+    client: LocalserveClient, model: str, status: Any, request_tag: str | None = None
 ) -> AsyncIterator[None]:
     """While the block runs, show the daemon's load progress for `model` on `status` (a
-    rich Status, or None when there is no spinner)."""
+    rich Status, or None when there is no spinner), and the place in the queue of the
+    request sent with `request_tag` ("queued (3rd), ~4 s")."""
     if status is None:
         yield
         return
@@ -42,7 +44,11 @@ async def load_progress_shown(
 
     async def watch() -> None:
         with contextlib.suppress(ClientError):
-            async for event in client.events(["load_progress", "loaded"]):
+            async for event in client.events(["load_progress", "loaded", "request_queued"]):
+                if event["type"] == "request_queued":
+                    if request_tag is not None and event.get("request_tag") == request_tag:
+                        status.update(queued_text(event))
+                    continue
                 if wanted is not None and event.get("model") != wanted:
                     continue
                 if event["type"] == "loaded":
@@ -58,6 +64,18 @@ async def load_progress_shown(
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
+
+
+def ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def queued_text(event: dict[str, Any]) -> str:
+    """The spinner's text while a request waits: "queued (3rd), ~4 s"."""
+    text = f"queued ({ordinal(int(event.get('position') or 0))})"
+    eta = float(event.get("eta_s") or 0.0)
+    return f"{text}, ~{max(1, round(eta))} s" if eta > 0 else text
 
 
 async def stream_chat(
@@ -81,7 +99,8 @@ async def stream_chat(
     async with contextlib.AsyncExitStack() as spinning:
         status = spinning.enter_context(spinner())
         async with make_client(settings) as client:
-            await spinning.enter_async_context(load_progress_shown(client, model, status))
+            tag = uuid.uuid4().hex if status is not None else None  # to follow its queue place
+            await spinning.enter_async_context(load_progress_shown(client, model, status, tag))
             chunks: AsyncIterator[dict[str, Any]] = client.chat(
                 model,
                 messages,
@@ -89,6 +108,7 @@ async def stream_chat(
                 format=format,
                 keep_alive=keep_alive,
                 think=think,
+                request_tag=tag,
             )
             async for chunk in chunks:
                 message = chunk.get("message") or {}
@@ -137,9 +157,9 @@ def load_with_spinner(settings: Settings, model: str, keep_alive: str | None) ->
         asyncio.run(load_model(settings, model, keep_alive, status))
 
 
-async def show_model(settings: Settings, model: str) -> ShowResponse:
+async def show_model(settings: Settings, model: str, *, verbose: bool = False) -> ShowResponse:
     async with make_client(settings) as client:
-        return await client.show(model)
+        return await client.show(model, verbose=verbose)
 
 
 def is_hub_name(model: str) -> bool:

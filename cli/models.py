@@ -10,6 +10,7 @@ import typer
 
 from localserve.api.payloads import PsModel, TagsModel
 from localserve.client.display import parameters_text, render_show
+from localserve.client.http import ClientError
 from localserve.config import Settings
 
 # isort: split
@@ -36,6 +37,16 @@ async def _ps(settings: Settings) -> list[PsModel]:
         return await client.ps()
 
 
+async def _node_state(settings: Settings) -> str | None:
+    """The daemon's drain state (/health, issue 15); None when it does not say."""
+    async with make_client(settings, timeout=5) as client:
+        try:
+            state = (await client.health()).get("state")
+        except ClientError:
+            return None
+    return state if isinstance(state, str) else None
+
+
 def list_cmd(json_: JsonFlag = False) -> None:
     """List the models in the store (NAME, ID, SIZE, MODIFIED)."""
     settings = get_settings()
@@ -58,6 +69,9 @@ def ps(json_: JsonFlag = False) -> None:
         print_json({"models": models})
     else:
         typer.echo(render.format_table(render.PS_HEADERS, render.ps_rows(models)))
+        state = asyncio.run(_node_state(settings))
+        if state not in (None, "serving"):
+            typer.echo(f"the daemon is {state}: it refuses new inference requests", err=True)
 
 
 def show(
@@ -67,6 +81,10 @@ def show(
     template: Annotated[bool, typer.Option("--template", help="Show the template.")] = False,
     system: Annotated[bool, typer.Option("--system", help="Show the system message.")] = False,
     parameters: Annotated[bool, typer.Option("--parameters", help="Show the parameters.")] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option("--verbose", "-v", help="Also the tokenizer arrays (sizes; all with --json)."),
+    ] = False,
 ) -> None:
     """Show a model's details: architecture, parameters, context length, quantization..."""
     if sum((json_, modelfile, template, system, parameters)) > 1:
@@ -77,7 +95,7 @@ def show(
     settings = get_settings()
     need_daemon(settings)
     with cli_errors(model):
-        data = asyncio.run(show_model(settings, model))
+        data = asyncio.run(show_model(settings, model, verbose=verbose))
     if json_:
         print_json(data)
     elif modelfile:

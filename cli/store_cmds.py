@@ -21,7 +21,12 @@ from typing import Annotated, Any
 import typer
 from rich.progress import TaskID
 
-from localserve.client.http import BadRequestAPIError, DaemonUnreachableError, ModelNotFoundAPIError
+from localserve.client.http import (
+    APIError,
+    BadRequestAPIError,
+    DaemonUnreachableError,
+    ModelNotFoundAPIError,
+)
 from localserve.errors import BadRequestError
 from localserve.service.modelfile import (
     Modelfile,
@@ -220,8 +225,13 @@ def rm(
     models: Annotated[
         list[str], typer.Argument(help="Model names.", autocompletion=complete_model_name)
     ],
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Also when a route uses it: the model leaves the route."),
+    ] = False,
 ) -> None:
-    """Remove models (their blobs are collected when nothing else uses them)."""
+    """Remove models (their blobs are collected when nothing else uses them); one a route
+    uses is refused unless --force (issue 14)."""
     settings = get_settings()
     need_daemon(settings)
     pending = list(models)  # the first one is in flight
@@ -237,12 +247,24 @@ def rm(
             while pending:
                 name = pending[0]
                 try:
-                    await client.delete(name)
+                    answer = await client.delete(name, force=force)
                 except (ModelNotFoundAPIError, BadRequestAPIError) as exc:
+                    typer.echo(f"Error: {error_message(exc, None)}", err=True)
+                    worst(exit_code_for(exc))
+                except APIError as exc:
+                    if exc.status != 409:
+                        raise
                     typer.echo(f"Error: {error_message(exc, None)}", err=True)
                     worst(exit_code_for(exc))
                 else:
                     typer.echo(f"deleted '{name}'")
+                    for moved in answer.get("routes", []) if isinstance(answer, dict) else []:
+                        now = " ".join(f"{t['model']}={t['weight']:g}" for t in moved["targets"])
+                        typer.echo(
+                            f"route '{moved['route']}' now points at {now}"
+                            if now
+                            else f"route '{moved['route']}' removed (it had no other version)"
+                        )
                 pending.pop(0)
 
     with cli_errors():

@@ -141,6 +141,15 @@ class Settings:
     batch_invariant: bool = False
     flash_attn: bool = False  # flash attention on CPU too (faster at short contexts only)
     autostart: bool = True  # CLI commands start the daemon when nothing answers
+    # -- keys, limits and fair share (issue 16; localserve.access)
+    keys_file: Path = field(
+        default_factory=lambda: Path(platformdirs.user_config_dir(APP_NAME)) / "keys.json"
+    )
+    require_keys: bool = False  # loopback requests need a key too
+    fair_share: bool = True  # waiting requests served in turn by key (scheduling.fairness)
+    key_rpm: int = 0  # default limits of a key that sets none (0: unlimited)
+    key_tpm: int = 0
+    key_concurrent: int = 0
 
     @property
     def base_url(self) -> str:
@@ -161,9 +170,10 @@ class Settings:
             return False
 
     def validate(self) -> Settings:
-        if not self.is_loopback and not self.api_key:
+        if not self.is_loopback and not self.api_key and not self.require_keys:
             raise ConfigError(
-                f"binding to {self.host} (not loopback) requires LOCALSERVE_API_KEY to be set"
+                f"binding to {self.host} (not loopback) requires LOCALSERVE_API_KEY to be set "
+                "(or LOCALSERVE_REQUIRE_KEYS=1 with keys from `localserve keys add`)"
             )
         if self.num_parallel < 1:
             raise ConfigError("LOCALSERVE_NUM_PARALLEL must be at least 1")
@@ -207,6 +217,8 @@ def _coerce(name: str, raw: Any) -> Any:
             return raw if isinstance(raw, int) else _parse_bytes(str(raw))
         if name in ("max_loaded", "num_parallel", "max_queue", "num_threads", "default_num_ctx"):
             return int(raw)
+        if name in KEY_LIMIT_SETTINGS:
+            return _non_negative_int(raw)
         if name == "port":
             port = int(raw)
             if not 0 <= port <= 65535:
@@ -214,15 +226,36 @@ def _coerce(name: str, raw: Any) -> Any:
             return port
         if name in ("origins", "allowed_hosts"):
             return tuple(raw) if isinstance(raw, list) else _split_list(str(raw))
-        if name in ("models_dir", "state_dir"):
+        if name in ("models_dir", "state_dir", "keys_file"):
             return Path(str(raw)).expanduser()
         if name == "api_key":
             return str(raw) or None
         if name in ("spare_runner", "autostart", "adapt_threads", "batch_invariant", "flash_attn"):
             return _parse_bool(raw)
+        if name in ("require_keys", "fair_share"):
+            return _parse_bool(raw)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"invalid value for {name}: {raw!r}") from exc
+        raise ConfigError(f"invalid value for {_setting_label(name)}: {raw!r}") from exc
     return raw
+
+
+KEY_LIMIT_SETTINGS = ("key_rpm", "key_tpm", "key_concurrent")
+
+
+def _non_negative_int(raw: Any) -> int:
+    """A whole number >= 0 (`"60"`, `60`); bools, fractions and negatives are refused."""
+    if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+        raise ValueError(raw)
+    value = int(raw)
+    if value < 0:
+        raise ValueError(raw)
+    return value
+
+
+def _setting_label(name: str) -> str:
+    """A setting as the user wrote it: its environment variable and its TOML name."""
+    variables = [var for var, field_name in ENV_VARS.items() if field_name == name]
+    return f"{variables[0]} ({name})" if variables else name
 
 
 # Environment variable -> Settings field.
@@ -248,6 +281,12 @@ ENV_VARS: dict[str, str] = {
     "LOCALSERVE_ADAPT_THREADS": "adapt_threads",
     "LOCALSERVE_BATCH_INVARIANT": "batch_invariant",
     "LOCALSERVE_FLASH_ATTN": "flash_attn",
+    "LOCALSERVE_KEYS_FILE": "keys_file",
+    "LOCALSERVE_REQUIRE_KEYS": "require_keys",
+    "LOCALSERVE_FAIR_SHARE": "fair_share",
+    "LOCALSERVE_KEY_RPM": "key_rpm",
+    "LOCALSERVE_KEY_TPM": "key_tpm",
+    "LOCALSERVE_KEY_CONCURRENT": "key_concurrent",
 }
 
 

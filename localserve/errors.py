@@ -12,6 +12,7 @@ it without guessing and a client can tell two errors with one status apart (507:
     ├── UnauthorizedError (401, unauthorized)
     ├── ForbiddenError (403, forbidden)
     ├── NotFoundError (404, not_found)          unknown model or blob
+    ├── RateLimitedError (429, rate_limit_exceeded) a key over its limits; headers, retry_after
     ├── ConflictError (409, conflict)
     ├── TooLargeError (413, body_too_large)
     ├── ModelLoadError (422, model_load_failed) llama.cpp refused the model file
@@ -85,6 +86,21 @@ class ModelLoadError(LocalserveError):
 
     status = 422
     code = "model_load_failed"
+
+
+class RateLimitedError(LocalserveError):
+    """An API key over one of its limits (localserve.access.limits). `headers` are the
+    response's `Retry-After` and `x-ratelimit-*` headers."""
+
+    status = 429
+    code = "rate_limit_exceeded"
+
+    def __init__(
+        self, message: str, retry_after: int = 1, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.headers = {**(headers or {}), "Retry-After": str(retry_after)}
 
 
 class BusyError(LocalserveError):

@@ -54,8 +54,12 @@ class RunnerProcess:
             if event == "tokens":
                 texts = frame["texts"]
                 assert texts, frame  # a step with no text sends no tokens frame
+                logprobs = frame.get("logprobs") or {}
                 for request_id, text in texts.items():
-                    self._split.append({"event": "token", "id": request_id, "text": text})
+                    token: Frame = {"event": "token", "id": request_id, "text": text}
+                    if request_id in logprobs:
+                        token["logprobs"] = logprobs[request_id]
+                    self._split.append(token)
             elif event != "load_progress":
                 return frame
             else:

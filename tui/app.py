@@ -4,9 +4,9 @@
     run()                                  # the daemon from the settings (LOCALSERVE_HOST)
     run("http://127.0.0.1:11435", readonly=True, refresh=0.25)
 
-Modes (keys 1-4): dashboard, models, chat, logs. `?`/F1 help, `q` quit, Ctrl+P the command
-palette, `+`/`-` refresh faster/slower. Destructive actions use capital letters (`D`
-delete, `U` unload); `--readonly` hides them and pull. When nothing answers, a "daemon
+Modes (keys 1-6): dashboard, models, chat, logs, routes, usage. `?`/F1 help, `q` quit,
+Ctrl+P the command palette, `+`/`-` refresh faster/slower. Destructive actions use capital
+letters (`D` delete, `U` unload); `--readonly` hides them and pull. When nothing answers, a "daemon
 not reachable at ..." screen retries every few seconds and offers to start the daemon
 (for a local address) instead of crashing.
 
@@ -41,7 +41,9 @@ from localserve.tui.screens import (
     LogsScreen,
     ModelsScreen,
     MonitorScreen,
+    RoutesScreen,
     UnreachableScreen,
+    UsageScreen,
 )
 from localserve.tui.source import DataSource
 from localserve.tui.state import MonitorState
@@ -65,6 +67,8 @@ class LocalserveApp(App[None]):
         "models": ModelsScreen,
         "chat": ChatScreen,
         "logs": LogsScreen,
+        "routes": RoutesScreen,  # served names, versions, rollouts
+        "usage": UsageScreen,  # usage by API key
     }
     BINDINGS: ClassVar[list[BindingType]] = [
         *(Binding(key, f"mode('{name}')", title, show=False) for key, name, title in MODE_KEYS),

@@ -49,7 +49,17 @@ _EVENT_SECTIONS: dict[str, tuple[str, ...]] = {
     "system": ("system",),
     "pull": ("pulls",),
     "load_progress": ("running",),
+    "draining": ("connection",),  # the top bar shows the drain (issue 15)
+    "drained": ("connection",),
 }
+ROUTE_EVENTS = (
+    "route_changed",
+    "rollout_step",
+    "rollout_paused",
+    "rollout_resumed",
+    "rollout_aborted",
+    "rollout_completed",
+)
 SAMPLE_EVENTS = frozenset(
     {"system", "request_progress", "load_progress"}
 )  # samples: not written to the log
@@ -122,6 +132,8 @@ class MonitorState:
     log: deque[LogLine] = field(default_factory=lambda: deque(maxlen=LOG_LINES))
     log_seq: int = 0
     needs_ps: bool = True  # something changed that /api/ps would show
+    node_state: str = "serving"  # "draining" / "drained" from the drain events (issue 15)
+    routes_changed: bool = False  # a route or rollout event: the routes screen re-reads
     needs_tags: bool = True
 
     # ---- inputs -----------------------------------------------------------------------
@@ -288,6 +300,12 @@ class MonitorState:
 
     # ---- the log ------------------------------------------------------------------------
 
+    def _on_route_event(self, event: JSON) -> None:
+        self.routes_changed = True
+
+    def _on_drain(self, event: JSON) -> None:
+        self.node_state = str(event.get("type", "draining"))
+
     def _log(self, event: JSON) -> None:
         self.log_seq += 1
         self.log.append(
@@ -313,6 +331,9 @@ _HANDLERS: dict[str, Callable[[MonitorState, JSON], None]] = {
     "queue": MonitorState._on_model_change,
     "pull": MonitorState._on_pull,
     "load_progress": MonitorState._on_load_progress,
+    "draining": MonitorState._on_drain,
+    "drained": MonitorState._on_drain,
+    **{kind: MonitorState._on_route_event for kind in ROUTE_EVENTS},  # issue 14
 }
 
 
@@ -370,6 +391,26 @@ def describe(event: JSON) -> str:
             )
         error = f": {event['error']}" if event.get("error") else ""
         return f"{model}: {event.get('status')}{error}"
+    if kind == "draining":
+        return (
+            f"draining: refusing new inference, {event.get('in_flight', 0)} in flight, "
+            f"timeout {event.get('timeout_s')}s"
+        )
+    if kind == "drained":
+        return (
+            f"drained ({event.get('reason', '?')}) after {event.get('duration_s', 0)}s, "
+            f"{event.get('abandoned', 0)} requests cancelled; the daemon exits"
+        )
+    if kind == "route_changed":
+        new = " ".join(f"{t['model']}={t['weight']:g}" for t in event.get("new", []))
+        why = f" ({event['reason']})" if event.get("reason") else ""
+        return f"{event.get('route')}: -> {new or 'deleted'} by {event.get('who')}{why}"
+    if isinstance(kind, str) and kind.startswith("rollout_"):
+        reason = f": {event['reason']}" if event.get("reason") else ""
+        return (
+            f"{event.get('route')}: {event.get('candidate')} at {event.get('percent', 0):g}% "
+            f"(step {event.get('step')}/{event.get('steps')}, {event.get('status')}){reason}"
+        )
     if kind == "system":
         total = float(event.get("ram_total") or 0)
         available = float(event.get("ram_available") or 0)

@@ -18,6 +18,8 @@ MODE_KEYS: tuple[tuple[str, str, str], ...] = (
     ("2", "models", "Models"),
     ("3", "chat", "Chat"),
     ("4", "logs", "Logs"),
+    ("5", "routes", "Routes"),
+    ("6", "usage", "Usage"),
 )
 
 
@@ -37,6 +39,7 @@ class TopBar(Static):
         version: str,
         refresh: float,
         readonly: bool,
+        node_state: str = "serving",
     ) -> None:
         line = Text()
         line.append(" localserve ", style="bold")
@@ -52,6 +55,8 @@ class TopBar(Static):
         line.append(f"refresh {refresh:g}s")
         if readonly:
             line.append("  READ-ONLY", style="bold yellow")
+        if node_state != "serving":  # a drain (issue 15): no new inference is taken
+            line.append(f"  {node_state.upper()}", style="bold red")
         self.update(line)
 
 

@@ -5,10 +5,11 @@ instead of aiohttp's text/plain page.
 
     Ollama  {"error": "...", "code": "model_not_found"}
     OpenAI  {"error": {"message": "...", "type": "not_found_error", "param": null, "code": "..."}}
+    Anthropic {"type": "error", "error": {"type": "not_found_error", "message": "...", "code": ...}}
 
-The shape comes from the app that routed the request (the /v1 sub-app or the main app),
-never from sniffing the path, so an error raised before the handler (the security
-middleware, an unknown path) is written in the right shape too.
+The shape comes from the app that routed the request (the /v1/messages sub-app, the /v1
+sub-app or the main app), never from sniffing the path, so an error raised before the
+handler (the security middleware, an unknown path) is written in the right shape too.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any, Protocol
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from localserve.errors import BusyError, LocalserveError
+from localserve.errors import BusyError, LocalserveError, RateLimitedError
 
 log = logging.getLogger("localserve.api")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -33,6 +34,7 @@ STATUS_CODES = {
     404: "not_found",
     405: "method_not_allowed",
     413: "body_too_large",
+    429: "rate_limit_exceeded",
     500: "internal_error",
 }
 
@@ -52,6 +54,7 @@ OPENAI_TYPES = {
     404: "not_found_error",
     413: "invalid_request_error",
     422: "invalid_request_error",
+    429: "rate_limit_error",
     503: "server_busy",
     507: "insufficient_storage",
 }
@@ -66,6 +69,28 @@ def openai_error(status: int, message: str, code: str | None = None) -> dict[str
             "code": code,
         }
     }
+
+
+ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    409: "invalid_request_error",
+    413: "request_too_large",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+}
+
+
+def anthropic_error(status: int, message: str, code: str | None = None) -> dict[str, Any]:
+    """Anthropic's shape; localserve's machine-readable `code` rides along in the error."""
+    error: dict[str, Any] = {"type": ANTHROPIC_TYPES.get(status, "api_error"), "message": message}
+    if code:
+        error["code"] = code
+    return {"type": "error", "error": error}
 
 
 ERROR_SHAPE_KEY: web.AppKey[ErrorShape] = web.AppKey("error_shape", ErrorShape)
@@ -107,6 +132,8 @@ def error_middleware() -> Middleware:
             response = error_response(request, exc.status, exc.message, exc.code)
             if isinstance(exc, BusyError):
                 response.headers["Retry-After"] = str(exc.retry_after)
+            if isinstance(exc, RateLimitedError):  # Retry-After and x-ratelimit-*
+                response.headers.update(exc.headers)
             if exc.status == 413:
                 response.force_close()  # the unread body is not drained
             return response

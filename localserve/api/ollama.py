@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 
 from localserve import __version__
+from localserve.api import routing as routing_api
 from localserve.api.payloads import ModelDetails, PsModel, PsResponse, ShowResponse, TagsModel
 from localserve.api.requests import (
     embedding_inputs,
@@ -20,15 +21,18 @@ from localserve.api.requests import (
     model_field,
     models_of,
     read_json,
+    routing_of,
 )
 from localserve.api.streaming import NDJSON, drain, stream
 from localserve.errors import BadRequestError, NotFoundError
+from localserve.runner.protocol import MAX_TOP_LOGPROBS
 from localserve.service.go_template import is_go_template, translate_go_template
 from localserve.service.inference import (
     EmbeddingRequest,
     Finished,
     GenerationEvent,
     GenerationRequest,
+    Logprob,
     Thinking,
     Token,
     ToolCalls,
@@ -92,16 +96,16 @@ def model_entry(stored: StoredModel) -> TagsModel:
 # ---- generate / chat ---------------------------------------------------------------------
 
 
-UNSUPPORTED = {
-    "logprobs": "token log probabilities are not implemented yet",
-    "top_logprobs": "token log probabilities are not implemented yet",
-    "context": "send the conversation as /api/chat messages instead of token context",
+# Fields /api/chat does not act on (it has messages, not token context): refused by name.
+CHAT_UNSUPPORTED = {
+    "context": "token context is for /api/generate; send the conversation as messages",
 }
 
 
 def _generation_request(body: dict[str, Any], *, chat: bool) -> GenerationRequest | None:
     """The body as a service request; None for Ollama's load/unload (no prompt)."""
-    refuse_unsupported(body, UNSUPPORTED)
+    if chat:
+        refuse_unsupported(body, CHAT_UNSUPPORTED)
     options = parse_options(body.get("options"))
     common: dict[str, Any] = {
         "model": model_field(body),
@@ -109,6 +113,7 @@ def _generation_request(body: dict[str, Any], *, chat: bool) -> GenerationReques
         "format": parse_format(body.get("format")),
         "keep_alive_s": parse_keep_alive(body.get("keep_alive")),
         "think": _think(body.get("think")),
+        "logprobs": _logprobs(body),
     }
     if chat:
         messages = validate_messages(body.get("messages", []))
@@ -129,8 +134,34 @@ def _generation_request(body: dict[str, Any], *, chat: bool) -> GenerationReques
         template=get_str(body, "template") or None,
         system=get_str(body, "system"),
         raw=get_bool(body, "raw", False),
+        context=_context(body.get("context")),
+        return_context=True,
         **common,
     )
+
+
+def _logprobs(body: dict[str, Any]) -> int | None:
+    """Ollama's `logprobs: true` (+ `top_logprobs: N`, 0..20): alternatives per token."""
+    wanted = get_bool(body, "logprobs", False)
+    top = body.get("top_logprobs")
+    if top is None:
+        top = 0
+    elif type(top) is not int or not 0 <= top <= MAX_TOP_LOGPROBS:
+        raise BadRequestError(
+            f"field 'top_logprobs' must be an integer from 0 to {MAX_TOP_LOGPROBS}"
+        )
+    if top and not wanted:
+        raise BadRequestError("field 'top_logprobs' needs 'logprobs': true")
+    return top if wanted else None
+
+
+def _context(raw: Any) -> list[int] | None:
+    """Ollama's `context` (the token ids a generate answer returned): a list of ids."""
+    if raw is None or raw == []:
+        return None
+    if not isinstance(raw, list) or not all(type(t) is int and t >= 0 for t in raw):
+        raise BadRequestError("field 'context' must be a list of token ids (integers >= 0)")
+    return raw
 
 
 def _think(raw: Any) -> bool | str | None:
@@ -144,11 +175,19 @@ class _Chunks:
     """Ollama's chunks of one answer: `response` (generate) or `message` (chat), with
     `thinking` apart."""
 
-    def __init__(self, model: str, chat: bool) -> None:
+    def __init__(self, model: str, chat: bool, *, logprobs: bool = False) -> None:
         self.model = model
         self.chat = chat
+        self.logprobs = logprobs  # the request asked for them: every text chunk has a list
 
-    def text(self, text: str, *, done: bool = False, thinking: str = "") -> dict[str, Any]:
+    def text(
+        self,
+        text: str,
+        *,
+        done: bool = False,
+        thinking: str = "",
+        logprobs: Sequence[Logprob] = (),
+    ) -> dict[str, Any]:
         item: dict[str, Any] = {"model": self.model, "created_at": now_iso()}
         if self.chat:
             item["message"] = {"role": "assistant", "content": text}
@@ -158,6 +197,8 @@ class _Chunks:
             item["response"] = text
             if thinking:
                 item["thinking"] = thinking
+        if self.logprobs and (logprobs or not done):
+            item["logprobs"] = list(logprobs)
         item["done"] = done
         return item
 
@@ -167,19 +208,25 @@ class _Chunks:
         text: str = "",
         calls: list[ToolCall] | None = None,
         thinking: str = "",
+        logprobs: Sequence[Logprob] = (),
     ) -> dict[str, Any]:
-        """The done chunk; it carries the answer's tool calls, as Ollama's does."""
-        item = self.text(text, done=True, thinking=thinking)
+        """The done chunk; it carries the answer's tool calls, as Ollama's does, and
+        (generate) the token context of the prompt and answer."""
+        item = self.text(text, done=True, thinking=thinking, logprobs=logprobs)
         if calls:
             item["message"]["tool_calls"] = [call.to_ollama() for call in calls]
         item.update(finished.timings())
+        if finished.context is not None:
+            item["context"] = finished.context
+        if finished.served_by:  # a route answered: the version that served (issue 14)
+            item["served_by"] = finished.served_by
         return item
 
     async def stream(self, events: AsyncIterator[GenerationEvent]) -> AsyncIterator[Any]:
         calls: list[ToolCall] = []
         async for event in events:
             if isinstance(event, Token):
-                yield self.text(event.text)
+                yield self.text(event.text, logprobs=event.logprobs)
             elif isinstance(event, Thinking):
                 yield self.text("", thinking=event.text)
             elif isinstance(event, ToolCalls):
@@ -194,11 +241,13 @@ async def _generation(request: web.Request, *, chat: bool) -> web.StreamResponse
     if generation is None:
         return await _load_or_unload(request, body, chat)
     started = await inference_of(request).start(generation)
-    chunks = _Chunks(started.model_name, chat)
+    chunks = _Chunks(started.model_name, chat, logprobs=generation.logprobs is not None)
     if get_bool(body, "stream", True):
         return await stream(request, chunks.stream(started.events()), NDJSON)
     answer = await collect(started.events())
-    final = chunks.final(answer.finished, answer.text, answer.calls, answer.thinking)
+    final = chunks.final(
+        answer.finished, answer.text, answer.calls, answer.thinking, answer.logprobs
+    )
     return web.json_response(final)
 
 
@@ -278,11 +327,13 @@ async def embeddings_legacy(request: web.Request) -> web.Response:
 
 async def tags(request: web.Request) -> web.Response:
     models = await models_of(request).list()
-    return web.json_response({"models": [model_entry(m) for m in models]})
+    routes = await routing_api.tag_entries(request, model_entry)  # routes list as models
+    return web.json_response({"models": [model_entry(m) for m in models] + routes})
 
 
 async def ps(request: web.Request) -> web.Response:
     models = models_of(request)
+    routing = routing_of(request)
     snapshot = models.running()
     # The same ID as /api/tags: the manifest's digest (the blob's if it was deleted).
     digests = await models.manifest_digests([r["model"] for r in snapshot])
@@ -305,6 +356,8 @@ async def ps(request: web.Request) -> web.Response:
             "queue_depth": row["queue_depth"],
             "pid": row["pid"],
             "threads": row["threads"],
+            "queued_by_key": row.get("queued_by_key", {}),
+            "routes": routing.shares_of(row["model"]),  # issue 14: {route: share}
         }
         for row in snapshot
     ]
@@ -314,7 +367,8 @@ async def ps(request: web.Request) -> web.Response:
 
 async def show(request: web.Request) -> web.Response:
     body = await read_json(request)
-    stored = await models_of(request).get(model_field(body))
+    # A route shows its largest-weight version (clients call show on what tags lists).
+    stored = await models_of(request).get(routing_of(request).primary_name(model_field(body)))
     manifest = stored.manifest
     facts = manifest.facts
     parameters = "\n".join(
@@ -325,6 +379,8 @@ async def show(request: web.Request) -> web.Response:
     template = manifest.template or facts.chat_template or ""
     info = dict(facts.metadata)
     info["general.parameter_count"] = facts.parameter_count
+    if get_bool(body, "verbose", False):  # the tokenizer arrays too, as Ollama's verbose
+        info.update(await models_of(request).tokenizer_arrays(stored))
     capabilities = ["completion"] + (["embedding"] if facts.pooling else [])
     if template_supports_tools(template):
         capabilities.append("tools")
@@ -375,9 +431,18 @@ async def copy(request: web.Request) -> web.Response:
 
 
 async def delete(request: web.Request) -> web.Response:
+    """Delete a model; one a route uses is a 409 naming the route, unless `force` (the
+    model then leaves its routes: the answer says what each now points at)."""
     body = await read_json(request)
-    await models_of(request).delete(model_field(body))
-    return web.Response(status=200)
+    name = model_field(body)
+    models = models_of(request)
+    await models.get(name)  # 404 before touching any route
+    removals = await routing_of(request).release_model(name, force=get_bool(body, "force", False))
+    await models.delete(name)
+    if not removals:
+        return web.Response(status=200)
+    routes = [{"route": r.route, "targets": [t.to_json() for t in r.targets]} for r in removals]
+    return web.json_response({"routes": routes})
 
 
 async def version(request: web.Request) -> web.Response:

@@ -6,9 +6,12 @@ answer, with the content types of its successes and the dialect's error shape:
 
     Ollama routes   {"error": "...", "code": "model_not_found"}
     /v1/ routes     {"error": {"message": "...", "type": "...", "param": null, "code": "..."}}
+    /v1/messages    {"type": "error", "error": {"type": "...", "message": "...", "code": "..."}}
 
-Request schemas never set `additionalProperties: false`: unknown fields are ignored, as
-Ollama does. Option types come from `localserve.service.options.OPTION_TYPES`.
+Request schemas of the Ollama and OpenAI chat routes never set `additionalProperties:
+false`: unknown fields are ignored, as Ollama does. Those of Anthropic's Messages and
+OpenAI's Responses API do: there an unknown field is a 400 naming it, as those APIs
+answer. Option types come from `localserve.service.options.OPTION_TYPES`.
 """
 
 from __future__ import annotations
@@ -31,12 +34,17 @@ TEXT = "text/plain"
 STATUS_DESCRIPTIONS: dict[int, str] = {
     200: "OK",
     201: "Created: the blob was stored",
+    202: "Accepted: the drain started",
     400: "Bad input (malformed JSON, a field of the wrong type, an invalid name or digest)",
-    401: "Missing or invalid API key (only when LOCALSERVE_API_KEY is set)",
+    401: "Missing or invalid API key (where keys are required, or when one is sent)",
     403: "Host or Origin not allowed (DNS-rebinding and CORS guard), or refused by the hub",
     404: "Unknown model or blob",
-    409: "The same file is being downloaded by another localserve process",
+    409: "Conflict: the same file is being downloaded by another localserve process; a"
+    " route changed since it was read (expected_revision), has a rollout in progress, or"
+    " uses the model being deleted",
     413: "Request body larger than LOCALSERVE_MAX_BODY (blobs: the blob size limit)",
+    429: "The API key is over a limit (requests, tokens per minute, concurrent): retry after"
+    " Retry-After; x-ratelimit-* headers say which",
     422: "llama.cpp refused to load the model file (code model_load_failed)",
     500: "The runner failed (crash, load timeout) or the store holds a corrupt manifest",
     502: "The model hub failed, sent bad data or could not be reached",
@@ -49,7 +57,7 @@ STATUS_DESCRIPTIONS: dict[int, str] = {
 # Content-Length over the body limit (refused from the header, whatever the route).
 COMMON_ERRORS = (401, 403, 413)
 MODEL_ERRORS = (*COMMON_ERRORS, 400, 404, 500)  # routes that read a model's manifest
-GENERATION_ERRORS = (*MODEL_ERRORS, 422, 503, 507)  # routes that load a model and run it
+GENERATION_ERRORS = (*MODEL_ERRORS, 422, 429, 503, 507)  # routes that load a model and run it
 
 
 @dataclass(frozen=True)
@@ -146,6 +154,56 @@ _OPENAI_SAMPLING: dict[str, JsonSchema] = {
     "stop": _STRING_OR_STRINGS,
     "response_format": _ref("ResponseFormat"),
     "keep_alive": _ref("KeepAlive"),
+    "n": {
+        "type": "integer",
+        "minimum": 1,
+        "maximum": 8,
+        "description": "choices to generate (parallel sequences sharing one read of the"
+        " prompt); with a seed, choice i samples with seed + i; usage sums the completion"
+        " tokens and counts the prompt once",
+    },
+}
+_OLLAMA_LOGPROBS: dict[str, JsonSchema] = {
+    "logprobs": _bool(
+        "each chunk's `logprobs`: its tokens' log-probabilities (the log-softmax of the"
+        " model's logits, before temperature and sampling filters) and bytes"
+    ),
+    "top_logprobs": {
+        "type": "integer",
+        "minimum": 0,
+        "maximum": 20,
+        "description": "the N most likely alternatives of each token; needs logprobs",
+    },
+}
+
+# Anthropic's Messages API routes answer errors in Anthropic's shape (their own sub-app).
+ANTHROPIC_PREFIX = "/v1/messages"
+_ANTHROPIC_PROMPT: dict[str, JsonSchema] = {
+    "model": _MODEL,
+    "messages": {"type": "array", "items": _ref("AnthropicMessage"), "minItems": 1},
+    "system": {
+        "anyOf": [{"type": "string"}, {"type": "array", "items": _ref("AnthropicContentBlock")}],
+        "description": "a string or text blocks",
+    },
+    "tools": {"type": "array", "items": _ref("AnthropicTool")},
+    "tool_choice": {
+        "type": "object",
+        "required": ["type"],
+        "properties": {
+            "type": {"type": "string", "enum": ["auto", "any", "tool", "none"]},
+            "name": _string("type tool: the tool to call"),
+            "disable_parallel_tool_use": {"type": "boolean"},
+        },
+        "description": "any and tool are enforced by a grammar",
+    },
+    "thinking": {
+        "type": "object",
+        "required": ["type"],
+        "properties": {
+            "type": {"type": "string", "enum": ["enabled", "disabled"]},
+            "budget_tokens": {"type": "integer", "minimum": 1024},
+        },
+    },
 }
 
 SCHEMAS: dict[str, JsonSchema] = {
@@ -237,6 +295,15 @@ SCHEMAS: dict[str, JsonSchema] = {
             "format": _ref("Format"),
             "stream": _STREAM,
             "images": {**_STRINGS, "description": "refused (400) when not empty"},
+            "context": {
+                "type": "array",
+                "items": {"type": "integer", "minimum": 0},
+                "description": "the `context` a generate answer returned (token ids of its"
+                " prompt and answer): read before this prompt, which then gets no BOS token;"
+                " 400 for an id outside the model's vocabulary. The done chunk returns the"
+                " context of this exchange",
+            },
+            **_OLLAMA_LOGPROBS,
         },
     },
     "ChatRequest": {
@@ -256,6 +323,7 @@ SCHEMAS: dict[str, JsonSchema] = {
             },
             "format": _ref("Format"),
             "stream": _STREAM,
+            **_OLLAMA_LOGPROBS,
         },
     },
     "EmbedRequest": {
@@ -281,6 +349,18 @@ SCHEMAS: dict[str, JsonSchema] = {
         "type": "object",
         "required": ["model"],
         "properties": {"model": _MODEL, "name": _NAME},
+    },
+    "ShowRequest": {
+        "type": "object",
+        "required": ["model"],
+        "properties": {
+            "model": _MODEL,
+            "name": _NAME,
+            "verbose": _bool(
+                "model_info also has the tokenizer arrays (tokenizer.ggml.tokens, token_type,"
+                " merges) from the GGUF header; without it they are absent"
+            ),
+        },
     },
     "CreateRequest": {
         "type": "object",
@@ -359,6 +439,17 @@ SCHEMAS: dict[str, JsonSchema] = {
                 "description": "required and a named function are enforced by a grammar",
             },
             "parallel_tool_calls": _bool("several calls in one answer (default true)"),
+            "logprobs": _bool(
+                "choices[].logprobs.content: each content token's log-probability (the"
+                " log-softmax of the model's logits, before temperature and sampling"
+                " filters) and bytes; reasoning and tool-call tokens have none"
+            ),
+            "top_logprobs": {
+                "type": "integer",
+                "minimum": 0,
+                "maximum": 20,
+                "description": "the N most likely alternatives of each token; needs logprobs",
+            },
         },
     },
     "CompletionRequest": {
@@ -374,6 +465,14 @@ SCHEMAS: dict[str, JsonSchema] = {
                 "description": "one prompt (token arrays and batches are refused)",
             },
             "suffix": _string("refused (400) when not empty"),
+            "logprobs": {
+                "type": "integer",
+                "minimum": 0,
+                "maximum": 20,
+                "description": "choices[].logprobs {tokens, token_logprobs, top_logprobs,"
+                " text_offset}: each token's log-probability and its N most likely"
+                " alternatives (text_offset counts from the prompt's start)",
+            },
         },
     },
     "EmbeddingRequest": {
@@ -384,6 +483,206 @@ SCHEMAS: dict[str, JsonSchema] = {
             "input": _STRING_OR_STRINGS,
             "encoding_format": {"type": "string", "enum": ["float", "base64"]},
             "dimensions": {"type": "integer", "minimum": 1},
+        },
+    },
+    "DrainRequest": {
+        "type": "object",
+        "properties": {
+            "timeout": {
+                "anyOf": [
+                    {"type": "number", "minimum": 0, "maximum": 86400},
+                    {"type": "string"},
+                ],
+                "description": "how long in-flight requests may take before the daemon exits"
+                " anyway: seconds or a duration such as 90s or 5m (default 5m)",
+            }
+        },
+    },
+    # -- Anthropic's Messages API (localserve.api.anthropic)
+    "AnthropicContentBlock": {
+        "type": "object",
+        "required": ["type"],
+        "properties": {
+            "type": {
+                "type": "string",
+                "enum": [
+                    "text",
+                    "tool_use",
+                    "tool_result",
+                    "thinking",
+                    "redacted_thinking",
+                    "image",
+                    "document",
+                ],
+                "description": "image and document blocks are refused (400)",
+            },
+            "text": _string("text blocks"),
+            "id": _string("tool_use: the call's id"),
+            "name": _string("tool_use: the tool called"),
+            "input": {"type": "object", "description": "tool_use: the arguments"},
+            "tool_use_id": _string("tool_result: the call this answers"),
+            "content": {
+                "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "object"}}],
+                "description": "tool_result: the result, text or text blocks",
+            },
+            "is_error": _bool("tool_result: the tool failed"),
+            "thinking": _string("thinking: earlier reasoning, given to the template"),
+            "signature": _string("thinking: accepted, not checked"),
+        },
+    },
+    "AnthropicMessage": {
+        "type": "object",
+        "required": ["role", "content"],
+        "properties": {
+            "role": {"type": "string", "enum": ["user", "assistant"]},
+            "content": {
+                "anyOf": [
+                    {"type": "string"},
+                    {"type": "array", "items": _ref("AnthropicContentBlock")},
+                ]
+            },
+        },
+    },
+    "AnthropicTool": {
+        "type": "object",
+        "required": ["name", "input_schema"],
+        "properties": {
+            "type": {"type": "string", "enum": ["custom"], "description": "server tools: 400"},
+            "name": {"type": "string"},
+            "description": {"type": "string"},
+            "input_schema": {"type": "object", "description": "a JSON schema"},
+        },
+    },
+    "MessagesRequest": {
+        "type": "object",
+        "required": ["model", "messages", "max_tokens"],
+        "additionalProperties": False,
+        "description": "an unknown field is a 400 naming it, as Anthropic answers",
+        "properties": {
+            **_ANTHROPIC_PROMPT,
+            "max_tokens": {"type": "integer", "minimum": 1},
+            "stop_sequences": _STRINGS,
+            "stream": _bool("typed server-sent events (default false)"),
+            "temperature": {"type": "number"},
+            "top_p": {"type": "number"},
+            "top_k": {"type": "integer"},
+            "metadata": {"type": "object", "description": "accepted, not used"},
+            "keep_alive": _ref("KeepAlive"),
+        },
+    },
+    "CountTokensRequest": {
+        "type": "object",
+        "required": ["model", "messages"],
+        "additionalProperties": False,
+        "properties": _ANTHROPIC_PROMPT,
+    },
+    "AnthropicError": {
+        "type": "object",
+        "required": ["type", "error"],
+        "properties": {
+            "type": {"type": "string", "enum": ["error"]},
+            "error": {
+                "type": "object",
+                "required": ["type", "message"],
+                "properties": {
+                    "type": {
+                        "type": "string",
+                        "description": "invalid_request_error, authentication_error,"
+                        " permission_error, not_found_error, request_too_large,"
+                        " rate_limit_error, overloaded_error, api_error",
+                    },
+                    "message": {"type": "string"},
+                    "code": _string("localserve's machine-readable code"),
+                },
+            },
+        },
+    },
+    # -- OpenAI's Responses API (localserve.api.responses)
+    "ResponsesRequest": {
+        "type": "object",
+        "required": ["model", "input"],
+        "additionalProperties": False,
+        "description": "stateless: previous_response_id, conversation and store=true are"
+        " refused (400); an unknown field is a 400 naming it",
+        "properties": {
+            "model": _MODEL,
+            "input": {
+                "anyOf": [
+                    {"type": "string"},
+                    {
+                        "type": "array",
+                        "items": {"type": "object"},
+                        "description": "messages (input_text parts), function_call and"
+                        " function_call_output items, reasoning items",
+                    },
+                ]
+            },
+            "instructions": _string("a system message first"),
+            "tools": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["type", "name"],
+                    "properties": {
+                        "type": {"type": "string", "enum": ["function"]},
+                        "name": {"type": "string"},
+                        "description": {"type": "string"},
+                        "parameters": {"type": "object", "description": "a JSON schema"},
+                        "strict": {"type": "boolean"},
+                    },
+                },
+            },
+            "tool_choice": {
+                "anyOf": [
+                    {"type": "string", "enum": ["none", "auto", "required"]},
+                    {
+                        "type": "object",
+                        "required": ["type", "name"],
+                        "properties": {
+                            "type": {"type": "string", "enum": ["function"]},
+                            "name": {"type": "string"},
+                        },
+                    },
+                ],
+                "description": "required and a named function are enforced by a grammar",
+            },
+            "parallel_tool_calls": _bool("several calls in one answer (default true)"),
+            "max_output_tokens": {"type": "integer", "minimum": 1},
+            "temperature": {"type": "number"},
+            "top_p": {"type": "number"},
+            "text": {
+                "type": "object",
+                "properties": {
+                    "format": {
+                        "type": "object",
+                        "required": ["type"],
+                        "properties": {
+                            "type": {
+                                "type": "string",
+                                "enum": ["text", "json_object", "json_schema"],
+                            },
+                            "name": {"type": "string"},
+                            "schema": {"type": "object"},
+                            "strict": {"type": "boolean"},
+                        },
+                    }
+                },
+            },
+            "reasoning": {
+                "type": "object",
+                "properties": {
+                    "effort": {
+                        "type": "string",
+                        "enum": ["none", "minimal", "low", "medium", "high"],
+                    },
+                    "summary": {"type": ["string", "null"]},
+                },
+            },
+            "stream": _bool("typed server-sent events (default false)"),
+            "store": _bool("true is refused (400): localserve keeps no responses"),
+            "metadata": {"type": "object", "description": "echoed in the response"},
+            "user": _string("accepted, not used"),
+            "keep_alive": _ref("KeepAlive"),
         },
     },
     "OllamaError": {
@@ -421,12 +720,12 @@ GENERATE = Spec(body="GenerateRequest", success={200: (JSON, NDJSON)}, errors=GE
 CHAT = Spec(body="ChatRequest", success={200: (JSON, NDJSON)}, errors=GENERATION_ERRORS)
 EMBED = Spec(body="EmbedRequest", errors=GENERATION_ERRORS)
 EMBEDDINGS = Spec(body="EmbeddingsRequest", errors=GENERATION_ERRORS)
-SHOW = Spec(body="ModelRequest", errors=MODEL_ERRORS)
+SHOW = Spec(body="ShowRequest", errors=MODEL_ERRORS)
 CREATE = Spec(body="CreateRequest", success={200: (JSON, NDJSON)}, errors=(*MODEL_ERRORS, 507))
 BLOB_HEAD = Spec(success={200: ()}, errors=(*COMMON_ERRORS, 400, 404))
 BLOB_UPLOAD = Spec(raw_body=True, success={200: (), 201: ()}, errors=(*COMMON_ERRORS, 400, 507))
 COPY = Spec(body="CopyRequest", success={200: ()}, errors=(*MODEL_ERRORS, 507))
-DELETE = Spec(body="ModelRequest", success={200: ()}, errors=MODEL_ERRORS)
+DELETE = Spec(body="DeleteRequest", success={200: ()}, errors=(*MODEL_ERRORS, 409))
 PULL = Spec(
     body="PullRequest", success={200: (JSON, NDJSON)}, errors=(*MODEL_ERRORS, 409, 502, 507)
 )
@@ -449,12 +748,186 @@ EVENTS = Spec(
     ),
 )
 METRICS = Spec(success={200: (TEXT,)})
+MESSAGES = Spec(body="MessagesRequest", success={200: (JSON, SSE)}, errors=GENERATION_ERRORS)
+COUNT_TOKENS = Spec(body="CountTokensRequest", errors=GENERATION_ERRORS)
+RESPONSES = Spec(body="ResponsesRequest", success={200: (JSON, SSE)}, errors=GENERATION_ERRORS)
+# -- fleet (issue 15): liveness, readiness (503 + Retry-After while draining or full), drain
+LIVENESS = Spec()
+READY = Spec(
+    errors=(*COMMON_ERRORS, 400, 503),
+    query=(
+        {
+            "name": "model",
+            "in": "query",
+            "required": False,
+            "description": "only this loaded model's room counts",
+            "schema": {"type": "string"},
+        },
+    ),
+)
+DRAIN = Spec(
+    body="DrainRequest", success={200: (JSON,), 202: (JSON,)}, errors=(*COMMON_ERRORS, 400)
+)
+# -- keys and usage (issue 16; localserve.api.access)
+KEYS_LIST = Spec()
+KEY_CREATE = Spec(body="KeyCreateRequest", errors=(*COMMON_ERRORS, 400, 409))
+KEY_REVOKE = Spec(errors=(*COMMON_ERRORS, 404))
+USAGE = Spec(
+    errors=(*COMMON_ERRORS, 400),
+    query=(
+        {
+            "name": "since",
+            "in": "query",
+            "required": False,
+            "description": "a duration back from now: 7d, 24h, 30m (default: everything)",
+            "schema": {"type": "string"},
+        },
+        {
+            "name": "key",
+            "in": "query",
+            "required": False,
+            "description": "only this key (a non-admin key only ever sees its own)",
+            "schema": {"type": "string"},
+        },
+    ),
+)
+_LIMIT = {"type": "integer", "minimum": 0, "description": "0: unlimited"}
+SCHEMAS["KeyCreateRequest"] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["name"],
+    "properties": {
+        "name": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"},
+        "scopes": {
+            "type": "array",
+            "items": {"type": "string", "description": "read, admin or model:GLOB"},
+        },
+        "rpm": {**_LIMIT, "description": "requests per minute (0: unlimited)"},
+        "tpm": {**_LIMIT, "description": "prompt + generated tokens per minute (0: unlimited)"},
+        "concurrent": {**_LIMIT, "description": "requests at once (0: unlimited)"},
+        "priority": {"type": "integer", "minimum": -100, "maximum": 100},
+        "weight": {"type": "number", "exclusiveMinimum": 0, "maximum": 1000},
+    },
+}
 
 
 PATH_PARAMETERS: dict[str, JsonSchema] = {
     "digest": {"type": "string", "pattern": "^sha256[:-][0-9a-f]{64}$"},
     "model": {"type": "string", "description": "model name"},
+    "name": {"type": "string", "description": "API key name"},
 }
+
+# -- routes (issue 14): served names, rollbacks and rollouts (localserve.api.routing)
+PATH_PARAMETERS["name"] = {"type": "string", "description": "route name, e.g. assistant"}
+_WHO = {"type": "string", "enum": ["cli", "api", "tui"], "description": "recorded in history"}
+_REASON = _string("why, recorded in the route's history")
+_RATIO_OR_SECONDS = {
+    "type": ["string", "number"],
+    "description": '"1.5x" (of the stable version\'s) or seconds / a duration ("800ms")',
+}
+SCHEMAS.update(
+    {
+        "DeleteRequest": {
+            "type": "object",
+            "required": ["model"],
+            "properties": {
+                "model": _MODEL,
+                "name": _NAME,
+                "force": _bool(
+                    "also when a route uses the model: it leaves the route (409 otherwise);"
+                    " the answer then lists what each route points at"
+                ),
+            },
+        },
+        "RouteTarget": {
+            "type": "object",
+            "required": ["model"],
+            "properties": {
+                "model": _string("an installed model (not a route)"),
+                "weight": {"type": "number", "minimum": 0, "description": "relative (default 1)"},
+            },
+        },
+        "RouteSetRequest": {
+            "type": "object",
+            "required": ["targets"],
+            "additionalProperties": False,
+            "properties": {
+                "targets": {"type": "array", "items": _ref("RouteTarget"), "minItems": 1},
+                "reason": _REASON,
+                "expected_revision": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "409 unless the route is at this revision (0: new)",
+                },
+                "who": _WHO,
+            },
+        },
+        "RouteRollbackRequest": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "to": {"type": "integer", "minimum": 0, "description": "a history revision"},
+                "reason": _REASON,
+                "who": _WHO,
+            },
+        },
+        "RolloutRequest": {
+            "type": "object",
+            "required": ["to"],
+            "additionalProperties": False,
+            "properties": {
+                "to": _string("the candidate: an installed model"),
+                "steps": {
+                    "anyOf": [{"type": "array", "items": {"type": "number"}}, {"type": "string"}],
+                    "description": "increasing percentages ending at 100 (default 5,25,50,100)",
+                },
+                "every": {"type": ["string", "number"], "description": "a step's window (10m)"},
+                "max_error_rate": {"type": ["string", "number"], "description": '"2%" or 0.02'},
+                "max_ttft_p95": _RATIO_OR_SECONDS,
+                "min_tokens_per_second": {
+                    "type": ["string", "number"],
+                    "description": '"0.8x": at least this share of the stable decode rate',
+                },
+                "max_poor_rate": {
+                    "type": ["string", "number"],
+                    "description": "empty or length-cut answers allowed over the stable"
+                    " version's share, e.g. 10%",
+                },
+                "min_requests": {"type": "integer", "minimum": 1},
+                "shadow": {
+                    "type": ["string", "number"],
+                    "description": "copy this share of the stable version's requests to the"
+                    " candidate, compare, discard (10%)",
+                },
+            },
+        },
+        "RolloutAbortRequest": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {"reason": _REASON},
+        },
+    }
+)
+ROUTE_ERRORS = (*COMMON_ERRORS, 400, 404, 409)
+ROUTE_LIST = Spec()
+ROUTE_GET = Spec(errors=(*COMMON_ERRORS, 400, 404))
+ROUTE_SET = Spec(body="RouteSetRequest", errors=ROUTE_ERRORS)
+ROUTE_DELETE = Spec(
+    errors=ROUTE_ERRORS,
+    query=(
+        {
+            "name": "expected_revision",
+            "in": "query",
+            "required": False,
+            "description": "409 unless the route is at this revision",
+            "schema": {"type": "integer", "minimum": 0},
+        },
+    ),
+)
+ROUTE_ROLLBACK = Spec(body="RouteRollbackRequest", errors=ROUTE_ERRORS)
+ROLLOUT_START = Spec(body="RolloutRequest", errors=ROUTE_ERRORS)
+ROLLOUT_ACTION = Spec(errors=ROUTE_ERRORS)
+ROLLOUT_ABORT = Spec(body="RolloutAbortRequest", errors=ROUTE_ERRORS)
 
 # ---- the document ---------------------------------------------------------------------------
 
@@ -465,8 +938,15 @@ def _content(media_types: tuple[str, ...]) -> dict[str, Any]:
     return {media: {"schema": schemas[media]} if media in schemas else {} for media in media_types}
 
 
+def error_schema(path: str) -> str:
+    """The error shape of the app that serves `path` (see localserve.api.app)."""
+    if path == ANTHROPIC_PREFIX or path.startswith(ANTHROPIC_PREFIX + "/"):
+        return "AnthropicError"
+    return "OpenAIError" if path.startswith("/v1/") else "OllamaError"
+
+
 def _responses(path: str, spec: Spec) -> dict[str, Any]:
-    error = _ref("OpenAIError" if path.startswith("/v1/") else "OllamaError")
+    error = _ref(error_schema(path))
     responses: dict[str, Any] = {}
     for status in sorted({*spec.success, *spec.errors}):
         response: dict[str, Any] = {"description": STATUS_DESCRIPTIONS[status]}
@@ -475,6 +955,12 @@ def _responses(path: str, spec: Spec) -> dict[str, Any]:
                 response["content"] = _content(spec.success[status])
         else:
             response["content"] = {JSON: {"schema": error}}
+        if status == 429:
+            response["headers"] = {
+                "Retry-After": {"description": "seconds", "schema": {"type": "integer"}},
+                "x-ratelimit-remaining-requests": {"schema": {"type": "string"}},
+                "x-ratelimit-remaining-tokens": {"schema": {"type": "string"}},
+            }
         if status == 503:
             response["headers"] = {
                 "Retry-After": {"description": "seconds", "schema": {"type": "integer"}}
@@ -531,9 +1017,9 @@ def openapi_document(routes: Iterable[RouteInfo], version: str) -> dict[str, Any
         "info": {
             "title": "localserve",
             "version": version,
-            "description": "Ollama- and OpenAI-compatible local model daemon. A method a path"
-            " does not list is answered 405 with an Allow header; errors after a stream has"
-            " started arrive as a final NDJSON line or SSE event.",
+            "description": "Ollama-, OpenAI- and Anthropic-compatible local model daemon. A"
+            " method a path does not list is answered 405 with an Allow header; errors after"
+            " a stream has started arrive as a final NDJSON line or SSE event.",
         },
         "paths": paths,
         "components": {"schemas": SCHEMAS},

@@ -63,6 +63,8 @@ class PsModel(TypedDict):
     queue_depth: int  # requests waiting
     pid: int | None  # the runner's; None while loading
     threads: int  # llama.cpp threads decoding now
+    queued_by_key: NotRequired[dict[str, int]]  # waiting requests per API key
+    routes: NotRequired[dict[str, float]]  # localserve's: route -> this version's share now
 
 
 class PsResponse(TypedDict):

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from localserve.config import Settings
 from localserve.errors import BadRequestError, TooLargeError
+from localserve.routing.service import Routing
 from localserve.service.inference import Inference
 from localserve.service.models import Models
 from localserve.service.options import get_str, require_object
@@ -31,6 +32,7 @@ SETTINGS_KEY: web.AppKey[Settings] = web.AppKey("settings", Settings)
 INFERENCE_KEY: web.AppKey[Inference] = web.AppKey("inference", Inference)
 MODELS_KEY: web.AppKey[Models] = web.AppKey("models", Models)
 TELEMETRY_KEY: web.AppKey[Telemetry] = web.AppKey("telemetry", Telemetry)
+ROUTING_KEY: web.AppKey[Routing] = web.AppKey("routing", Routing)  # routes (issue 14)
 
 
 def _root(request: web.Request) -> web.Application:
@@ -52,6 +54,10 @@ def settings_of(request: web.Request) -> Settings:
 
 def telemetry_of(request: web.Request) -> Telemetry:
     return _root(request)[TELEMETRY_KEY]
+
+
+def routing_of(request: web.Request) -> Routing:
+    return _root(request)[ROUTING_KEY]
 
 
 async def read_json(request: web.Request) -> dict[str, Any]:

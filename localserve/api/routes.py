@@ -1,7 +1,8 @@
 """The route table: every route with its handler and its OpenAPI description.
 
-The app (localserve.api.app) mounts `ROUTES` and `MONITORING_ROUTES` on the main app and
-the `/v1/...` ones on the OpenAI sub-app; `/openapi.json` is made from the same table.
+The app (localserve.api.app) mounts `ROUTES` and `MONITORING_ROUTES` on the main app,
+the `/v1/...` ones on the OpenAI sub-app and `/v1/messages[/...]` on the Anthropic one;
+`/openapi.json` is made from the same table.
 """
 
 from __future__ import annotations
@@ -11,11 +12,14 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from localserve import __version__
-from localserve.api import monitoring, ollama, openai
+from localserve.api import access as access_api
+from localserve.api import anthropic, fleet, monitoring, ollama, openai, responses
 from localserve.api import openapi as openapi_spec
+from localserve.api import routing as routing_api
 from localserve.api.errors import Handler
 
 V1_PREFIX = "/v1"
+ANTHROPIC_PREFIX = openapi_spec.ANTHROPIC_PREFIX  # its own sub-app: Anthropic's error shape
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,27 @@ ROUTES: list[Route] = [
         "OpenAI embeddings",
         openapi_spec.EMBEDDINGS_V1,
     ),
+    Route(
+        "POST",
+        "/v1/responses",
+        responses.create,
+        "OpenAI Responses API, stateless (typed SSE events when stream)",
+        openapi_spec.RESPONSES,
+    ),
+    Route(
+        "POST",
+        ANTHROPIC_PREFIX,
+        anthropic.messages,
+        "Anthropic Messages API (typed SSE events when stream; Anthropic's error shape)",
+        openapi_spec.MESSAGES,
+    ),
+    Route(
+        "POST",
+        ANTHROPIC_PREFIX + "/count_tokens",
+        anthropic.count_tokens,
+        "Anthropic token counting: the tokens of the prompt the model would see",
+        openapi_spec.COUNT_TOKENS,
+    ),
 ]
 
 
@@ -127,5 +152,117 @@ EXTRA_ROUTES: list[Route] = [
         monitoring.metrics,
         "Prometheus metrics (text format)",
         openapi_spec.METRICS,
+    ),
+    # -- fleet (issue 15): what a router (LiteLLM) needs from each node
+    Route("GET", "/health", fleet.health, "Liveness (also while draining)", openapi_spec.LIVENESS),
+    Route(
+        "GET",
+        "/ready",
+        fleet.ready,
+        "Readiness: per-model queue depth and in-flight counts; 503 while draining or full",
+        openapi_spec.READY,
+    ),
+    Route(
+        "POST",
+        "/api/drain",
+        fleet.drain,
+        "Drain: refuse new inference (503), finish in-flight requests, then exit",
+        openapi_spec.DRAIN,
+    ),
+]
+
+# -- routes (issue 14): served names, rollbacks and rollouts (localserve.api.routing)
+_ROUTE = "/api/routes/{name}"
+EXTRA_ROUTES += [
+    Route(
+        "GET",
+        "/api/routes",
+        routing_api.list_routes,
+        "Routes: targets, weights and live per-version figures",
+        openapi_spec.ROUTE_LIST,
+    ),
+    Route("GET", _ROUTE, routing_api.get_route, "One route", openapi_spec.ROUTE_GET),
+    Route(
+        "POST",
+        _ROUTE,
+        routing_api.set_route,
+        "Point a route at weighted installed models (creates it)",
+        openapi_spec.ROUTE_SET,
+    ),
+    Route("DELETE", _ROUTE, routing_api.delete_route, "Remove a route", openapi_spec.ROUTE_DELETE),
+    Route(
+        "POST",
+        _ROUTE + "/rollback",
+        routing_api.rollback_route,
+        "Return a route to its previous state (or the state after revision `to`)",
+        openapi_spec.ROUTE_ROLLBACK,
+    ),
+    Route(
+        "GET",
+        _ROUTE + "/history",
+        routing_api.route_history,
+        "A route's changes, oldest first",
+        openapi_spec.ROUTE_GET,
+    ),
+    Route(
+        "POST",
+        _ROUTE + "/rollout",
+        routing_api.start_rollout,
+        "Start a canary rollout to a candidate (steps, window, thresholds)",
+        openapi_spec.ROLLOUT_START,
+    ),
+    Route(
+        "GET",
+        _ROUTE + "/rollout",
+        routing_api.rollout_status,
+        "The route's rollout: step, state, this window's figures",
+        openapi_spec.ROUTE_GET,
+    ),
+    Route(
+        "POST",
+        _ROUTE + "/rollout/pause",
+        routing_api.pause_rollout,
+        "Hold the rollout's weights",
+        openapi_spec.ROLLOUT_ACTION,
+    ),
+    Route(
+        "POST",
+        _ROUTE + "/rollout/resume",
+        routing_api.resume_rollout,
+        "Resume a paused rollout (a fresh window)",
+        openapi_spec.ROLLOUT_ACTION,
+    ),
+    Route(
+        "POST",
+        _ROUTE + "/rollout/abort",
+        routing_api.abort_rollout,
+        "Abort: all traffic back to the stable version now",
+        openapi_spec.ROLLOUT_ABORT,
+    ),
+]
+
+# -- keys and usage (issue 16): API keys with scopes and limits (localserve.api.access)
+EXTRA_ROUTES += [
+    Route("GET", "/api/keys", access_api.list_keys, "API keys (admin)", openapi_spec.KEYS_LIST),
+    Route(
+        "POST",
+        "/api/keys",
+        access_api.create_key,
+        "Add an API key: scopes, limits, priority, weight; the secret is shown once (admin)",
+        openapi_spec.KEY_CREATE,
+    ),
+    Route(
+        "DELETE",
+        "/api/keys/{name}",
+        access_api.revoke_key,
+        "Revoke an API key at once (admin)",
+        openapi_spec.KEY_REVOKE,
+    ),
+    Route(
+        "GET",
+        "/api/usage",
+        access_api.usage,
+        "Usage per key and model: requests, errors, tokens, busy seconds (?since=7d&key=)",
+        openapi_spec.USAGE,
     ),
 ]

@@ -1,5 +1,6 @@
-"""The security middleware: the DNS-rebinding guard (Host), CORS, the API key, and the
-body limit taken from the declared Content-Length.
+"""The security middleware: the DNS-rebinding guard (Host), CORS, the API key (who is
+asking, what their key's scopes and limits allow: localserve.access), and the body limit
+taken from the declared Content-Length.
 
 Errors are raised as LocalserveErrors, so the error middleware writes them in the shape
 of the app that routed the request (Ollama's or OpenAI's).
@@ -12,15 +13,21 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from localserve.access.service import PRINCIPAL_KEY
+from localserve.api.access import access_of
 from localserve.api.errors import Handler
 from localserve.api.hosts import host_allowed
 from localserve.api.requests import settings_of
 from localserve.config import LOOPBACK_NAMES, Settings
-from localserve.errors import ForbiddenError, TooLargeError, UnauthorizedError
+from localserve.errors import ForbiddenError, TooLargeError
 
 ALLOWED_METHODS = "GET, POST, DELETE, HEAD, OPTIONS"
-DEFAULT_ALLOWED_HEADERS = "Authorization, Content-Type"
-EXPOSED_HEADERS = "Retry-After"
+DEFAULT_ALLOWED_HEADERS = "Authorization, Content-Type, x-api-key"
+EXPOSED_HEADERS = (
+    "Retry-After, x-ratelimit-limit-requests, x-ratelimit-remaining-requests,"
+    " x-ratelimit-reset-requests, x-ratelimit-limit-tokens, x-ratelimit-remaining-tokens,"
+    " x-ratelimit-reset-tokens, X-Localserve-Queue-Position, X-Localserve-Queue-Wait"
+)
 
 
 def _host_header(request: web.Request) -> str | None:
@@ -68,16 +75,18 @@ async def security_middleware(request: web.Request, handler: Handler) -> web.Str
         response.headers["Access-Control-Allow-Headers"] = asked or DEFAULT_ALLOWED_HEADERS
         response.headers["Access-Control-Max-Age"] = "600"
     else:
-        if settings.api_key and request.path != "/":
-            expected = f"Bearer {settings.api_key}"
-            if request.headers.get("Authorization", "") != expected:
-                raise UnauthorizedError("missing or invalid API key")
+        access = access_of(request)
+        principal = None if access.is_public(request) else access.authenticate(request)
         limit = settings.max_body_bytes
         declared = request.content_length
         if declared is not None and declared > limit and not request.path.startswith("/api/blobs/"):
             # Refused from the header alone: a huge declared body is never waited for.
             raise TooLargeError(f"request body too large (limit {limit})")
-        response = await handler(request)
+        if principal is None:
+            response = await handler(request)
+        else:
+            request[PRINCIPAL_KEY] = principal
+            response = await access.guard(request, principal, handler)
     if origin is not None:
         response.headers.setdefault("Access-Control-Allow-Headers", DEFAULT_ALLOWED_HEADERS)
         response.headers["Access-Control-Allow-Origin"] = origin

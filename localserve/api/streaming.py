@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -69,6 +69,25 @@ class OpenAISseEncoder:
         return b"data: [DONE]\n\n"
 
 
+@dataclass(frozen=True)
+class TypedSseEncoder:
+    """Streams of typed events (Anthropic's Messages, OpenAI's Responses): each item is a
+    JSON object with a `type`, written as `event: <type>` then `data: {json}`; an error is
+    the event `error_event` makes of (status, message, code); no end marker."""
+
+    error_event: Callable[[int, str, str], dict[str, Any]]
+    content_type: str = "text/event-stream"
+
+    def item(self, item: Any) -> bytes:
+        return b"event: " + str(item["type"]).encode() + b"\ndata: " + _dumps(item) + b"\n\n"
+
+    def error(self, exc: BaseException) -> bytes:
+        return self.item(self.error_event(*describe(exc)))
+
+    def end(self) -> bytes:
+        return b""
+
+
 NDJSON = NdjsonEncoder()
 OPENAI_SSE = OpenAISseEncoder()
 
@@ -102,6 +121,17 @@ async def stream(
         aclose = getattr(items, "aclose", None)
         if aclose is not None:
             await aclose()
+
+
+async def with_first(first: Any, rest: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    """`first` (unless None: the iterator was empty), then the rest of `rest`; for a
+    translator that awaited the first event before its own opening events. The caller
+    closes `rest`."""
+    if first is None:
+        return
+    yield first
+    async for item in rest:
+        yield item
 
 
 async def drain(items: AsyncIterator[Any]) -> list[Any]:

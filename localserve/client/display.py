@@ -199,6 +199,13 @@ def _plain(value: Any) -> str:
     return str(value)
 
 
+TOKENIZER_ROWS = (
+    ("tokenizer.ggml.tokens", "tokens"),
+    ("tokenizer.ggml.token_type", "token types"),
+    ("tokenizer.ggml.merges", "merges"),
+)
+
+
 def show_sections(data: Mapping[str, Any]) -> list[tuple[str, list[tuple[str, str]] | str]]:
     """The sections of a model's details: (title, key/value rows or a text block)."""
     details: Mapping[str, Any] = data.get("details") or {}
@@ -224,6 +231,13 @@ def show_sections(data: Mapping[str, Any]) -> list[tuple[str, list[tuple[str, st
     capabilities = data.get("capabilities")
     if capabilities:
         sections.append(("Capabilities", [(str(c), "") for c in capabilities]))
+    tokenizer = [  # only in a verbose answer (`show --verbose`)
+        (label, f"{len(info[key]):,}")
+        for key, label in TOKENIZER_ROWS
+        if isinstance(info.get(key), list)
+    ]
+    if tokenizer:
+        sections.append(("Tokenizer", tokenizer))
     params = parameters_text(data.get("parameters"))
     if params:
         sections.append(("Parameters", params))

@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 
@@ -37,6 +38,7 @@ from localserve.api.payloads import (
 from localserve.config import load_settings
 
 JSON = dict[str, Any]
+REQUEST_TAG_HEADER = "X-Localserve-Request-Tag"  # echoed in the request's queue events
 UPLOAD_CHUNK = 1024 * 1024
 
 
@@ -180,10 +182,14 @@ class LocalserveClient:
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
             raise DaemonUnreachableError(self.base_url, str(exc) or type(exc).__name__) from exc
 
-    async def _stream(self, path: str, body: JSON) -> AsyncIterator[Any]:
+    async def _stream(
+        self, path: str, body: JSON, headers: dict[str, str] | None = None
+    ) -> AsyncIterator[Any]:
         """POST and yield each NDJSON object; an {"error"} line raises StreamAPIError."""
         try:
-            async with self._get_session().post(self.base_url + path, json=body) as response:
+            async with self._get_session().post(
+                self.base_url + path, json=body, headers=headers
+            ) as response:
                 await self._raise_for_status(response)
                 async for raw in response.content:
                     line = raw.strip()
@@ -222,8 +228,10 @@ class LocalserveClient:
         data: PsResponse = await self._request("GET", "/api/ps")
         return data["models"]
 
-    async def show(self, model: str) -> ShowResponse:
-        data: ShowResponse = await self._request("POST", "/api/show", {"model": model})
+    async def show(self, model: str, *, verbose: bool = False) -> ShowResponse:
+        """A model's details; `verbose`: with the tokenizer arrays in `model_info`."""
+        body: dict[str, Any] = {"model": model, **({"verbose": True} if verbose else {})}
+        data: ShowResponse = await self._request("POST", "/api/show", body)
         return data
 
     def generate(
@@ -250,10 +258,14 @@ class LocalserveClient:
         format: str | JSON | None = None,
         keep_alive: str | float | None = None,
         think: bool | str | None = None,
+        request_tag: str | None = None,
     ) -> AsyncIterator[JSON]:
+        """`request_tag`: an id the daemon echoes in this request's `request_queued`
+        events (its place in the queue while it waits)."""
         body: JSON = {"model": model, "messages": messages, "stream": True}
         _put_optional(body, options=options, format=format, keep_alive=keep_alive, think=think)
-        return self._stream("/api/chat", body)
+        headers = {REQUEST_TAG_HEADER: request_tag} if request_tag else None
+        return self._stream("/api/chat", body, headers)
 
     async def embed(self, model: str, inputs: str | list[str]) -> JSON:
         data = await self._request("POST", "/api/embed", {"model": model, "input": inputs})
@@ -311,8 +323,11 @@ class LocalserveClient:
     async def copy(self, source: str, destination: str) -> None:
         await self._request("POST", "/api/copy", {"source": source, "destination": destination})
 
-    async def delete(self, model: str) -> None:
-        await self._request("DELETE", "/api/delete", {"model": model})
+    async def delete(self, model: str, *, force: bool = False) -> Any:
+        """Delete a model; a route using it is a 409 unless `force` (the answer then says
+        what each of its routes points at now)."""
+        body: JSON = {"model": model, **({"force": True} if force else {})}
+        return await self._request("DELETE", "/api/delete", body)
 
     async def events(
         self, types: Sequence[str] | None = None, subscribed: asyncio.Event | None = None
@@ -340,6 +355,133 @@ class LocalserveClient:
                     yield event
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
             raise DaemonUnreachableError(self.base_url, str(exc) or type(exc).__name__) from exc
+
+    # ---- fleet (issue 15): liveness, readiness, drain, what a node serves ---------------
+
+    async def health(self) -> JSON:
+        """`/health`: {"status": "ok", "state": "serving" | "draining" | "drained", ...}."""
+        data: JSON = await self._request("GET", "/health")
+        return data
+
+    async def ready(self) -> JSON:
+        """`/ready`'s answer, a 503 included (then `ready` is false and `error` says why):
+        {"ready", "state", "in_flight", "models": [{model, in_flight, queue_depth, ...}]}."""
+        try:
+            async with self._get_session().get(self.base_url + "/ready") as response:
+                if response.status != 503:
+                    await self._raise_for_status(response)
+                    data: JSON = await response.json()
+                    return data
+                text = await response.text()
+                try:
+                    body = json.loads(text)
+                except ValueError:
+                    body = None
+                if isinstance(body, dict) and "ready" in body:
+                    return body
+                raise _error_for(503, text or "not ready", response.headers)
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+            raise DaemonUnreachableError(self.base_url, str(exc) or type(exc).__name__) from exc
+
+    async def drain(self, timeout_s: float | None = None) -> JSON:
+        """Start draining (`POST /api/drain`): {"state", "in_flight", "timeout_s"}."""
+        body: JSON = {} if timeout_s is None else {"timeout": timeout_s}
+        data: JSON = await self._request("POST", "/api/drain", body)
+        return data
+
+    async def route_names(self) -> list[str] | None:
+        """The names of the node's routes (`GET /api/routes`), None when the daemon has no
+        such endpoint (an older node). Accepts {"routes": [{"name": ...}]} or a list."""
+        try:
+            data = await self._request("GET", "/api/routes")
+        except APIError as exc:
+            if exc.status in (404, 405):
+                return None
+            raise
+        rows = data.get("routes", []) if isinstance(data, dict) else data
+        if not isinstance(rows, list):
+            return []
+        names = [row.get("name") if isinstance(row, dict) else row for row in rows]
+        return [name for name in names if isinstance(name, str) and name]
+
+    # ---- routes (issue 14): served names, rollbacks and rollouts --------------------------
+
+    async def routes(self) -> list[JSON]:
+        """Every route (`GET /api/routes`): targets, serving, live per-version figures."""
+        data = await self._request("GET", "/api/routes")
+        return list(data["routes"])
+
+    async def route(self, name: str) -> JSON:
+        return dict(await self._request("GET", f"/api/routes/{quote(name, safe=':')}"))
+
+    async def set_route(
+        self,
+        name: str,
+        targets: list[tuple[str, float]],
+        *,
+        reason: str | None = None,
+        expected_revision: int | None = None,
+        who: str = "cli",
+    ) -> JSON:
+        """Point `name` at weighted installed models (creating the route)."""
+        body: JSON = {"targets": [{"model": m, "weight": w} for m, w in targets], "who": who}
+        _put_optional(body, reason=reason, expected_revision=expected_revision)
+        return dict(await self._request("POST", f"/api/routes/{quote(name, safe=':')}", body))
+
+    async def delete_route(self, name: str) -> JSON:
+        return dict(await self._request("DELETE", f"/api/routes/{quote(name, safe=':')}"))
+
+    async def rollback_route(
+        self, name: str, to: int | None = None, *, reason: str | None = None, who: str = "cli"
+    ) -> JSON:
+        body: JSON = {"who": who}
+        _put_optional(body, to=to, reason=reason)
+        path = f"/api/routes/{quote(name, safe=':')}/rollback"
+        return dict(await self._request("POST", path, body))
+
+    async def route_history(self, name: str) -> JSON:
+        return dict(await self._request("GET", f"/api/routes/{quote(name, safe=':')}/history"))
+
+    async def start_rollout(self, name: str, to: str, **settings: Any) -> JSON:
+        """Start a canary rollout; `settings`: steps, every, max_error_rate, max_ttft_p95,
+        min_tokens_per_second, max_poor_rate, min_requests (None ones are left out)."""
+        body: JSON = {"to": to}
+        _put_optional(body, **settings)
+        path = f"/api/routes/{quote(name, safe=':')}/rollout"
+        return dict(await self._request("POST", path, body))
+
+    async def rollout(
+        self, name: str, action: str | None = None, reason: str | None = None
+    ) -> JSON:
+        """The route's rollout status, or `action` ("pause", "resume", "abort") on it."""
+        path = f"/api/routes/{quote(name, safe=':')}/rollout"
+        if action is None:
+            return dict(await self._request("GET", path))
+        body: JSON = {}
+        _put_optional(body, reason=reason)
+        return dict(await self._request("POST", f"{path}/{action}", body))
+
+    # ---- keys and usage (issue 16) --------------------------------------------------------
+
+    async def list_keys(self) -> list[JSON]:
+        """The daemon's API keys (admin): name, hint, scopes, limits; never secrets."""
+        data = await self._request("GET", "/api/keys")
+        return list(data["keys"])
+
+    async def add_key(self, name: str, **fields: Any) -> JSON:
+        """Add a key (`scopes`, `rpm`, `tpm`, `concurrent`, `priority`, `weight`);
+        the answer's `secret` is the only time the secret is shown."""
+        body: JSON = {"name": name}
+        _put_optional(body, **fields)
+        return dict(await self._request("POST", "/api/keys", body))
+
+    async def revoke_key(self, name: str) -> JSON:
+        return dict(await self._request("DELETE", f"/api/keys/{name}"))
+
+    async def usage(self, since: str | None = None, key: str | None = None) -> JSON:
+        """Usage per key and model (`/api/usage`): requests, errors, tokens, busy seconds."""
+        params = {k: v for k, v in (("since", since), ("key", key)) if v}
+        return dict(await self._request("GET", "/api/usage", params=params))
 
 
 def _put_optional(body: JSON, **values: Any) -> None:

@@ -69,7 +69,12 @@ tokens after it. A copy is bit-identical, so this holds in both modes.
 
 Events go out through the `emit` callback, once per step: one `tokens` frame with every
 request's new text, then `done`/`error` frames (localserve.runner.protocol). Text is decoded
-incrementally (localserve.runner.text.TextStream).
+incrementally (localserve.runner.text.TextStream). A request that asks for logprobs gets,
+in the same frame, each generated token's log-softmax of the logits it was sampled from
+(the model's distribution before temperature, penalties, filters and grammar, as OpenAI
+and llama.cpp's server report it) and its N most likely alternatives; the end-of-
+generation token and the token that completes a stop string have none. Requests that do
+not ask cost nothing: no logits are read for them.
 
 The engine is single-threaded: only the runner's main thread calls into it.
 """
@@ -79,6 +84,7 @@ from __future__ import annotations
 import ctypes
 import itertools
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -87,10 +93,13 @@ from typing import Any
 
 from localserve.runner.errors import RequestError, llama
 from localserve.runner.protocol import (
+    MAX_TOP_LOGPROBS,
     DoneFrame,
     DoneReason,
     ErrorFrame,
     RunnerFrame,
+    TokenLogprob,
+    TokenLogprobs,
     TokensFrame,
     error_frame,
 )
@@ -165,6 +174,7 @@ class Engine:
         # Frames of the step under way, sent together at its end (texts first).
         self._stepping = False
         self._texts: dict[str, str] = {}
+        self._logprobs: dict[str, list[TokenLogprobs]] = {}  # only requests that asked
         self._frames: list[RunnerFrame] = []
 
     # ---- lifecycle ---------------------------------------------------------------------
@@ -308,18 +318,21 @@ class Engine:
 
     # ---- tokens ------------------------------------------------------------------------
 
-    def tokenize(self, text: str, *, special: bool = True) -> list[int]:
-        """Tokens of an already templated prompt (BOS added when the model wants one)."""
+    def tokenize(self, text: str, *, special: bool = True, add_bos: bool = True) -> list[int]:
+        """Tokens of an already templated prompt (BOS added when the model wants one and
+        `add_bos`: not after a token prefix)."""
         lib = llama()
         data = text.encode()
         capacity = len(data) + 8
         buf = (lib.llama_token * capacity)()
-        count = int(lib.llama_tokenize(self._vocab, data, len(data), buf, capacity, True, special))
+        count = int(
+            lib.llama_tokenize(self._vocab, data, len(data), buf, capacity, add_bos, special)
+        )
         if count < 0:
             capacity = -count
             buf = (lib.llama_token * capacity)()
             count = int(
-                lib.llama_tokenize(self._vocab, data, len(data), buf, capacity, True, special)
+                lib.llama_tokenize(self._vocab, data, len(data), buf, capacity, add_bos, special)
             )
         tokens = list(buf[:count])
         if len(tokens) >= 2 and tokens[0] == self._bos and tokens[1] == self._bos:
@@ -341,6 +354,12 @@ class Engine:
         texts = self._texts
         texts[request_id] = texts.get(request_id, "") + text
 
+    def _send_logprob(self, request_id: str, entry: TokenLogprobs) -> None:
+        """A generated token's log-probabilities, in the step's `tokens` frame (with the
+        request's text, "" while its text is held back)."""
+        self._texts.setdefault(request_id, "")
+        self._logprobs.setdefault(request_id, []).append(entry)
+
     def _send(self, frame: DoneFrame | ErrorFrame) -> None:
         """A done or error frame: after the step's texts, or now between steps."""
         if self._stepping:
@@ -353,6 +372,9 @@ class Engine:
         if self._texts:
             tokens: TokensFrame = {"event": "tokens", "texts": self._texts}
             self._texts = {}
+            if self._logprobs:
+                tokens["logprobs"] = self._logprobs
+                self._logprobs = {}
             self._emit(tokens)
         frames, self._frames = self._frames, []
         for frame in frames:
@@ -361,14 +383,33 @@ class Engine:
     # ---- requests ------------------------------------------------------------------------
 
     def submit(
-        self, request_id: str, prompt: str, options: dict[str, Any], fmt: Any = None
+        self,
+        request_id: str,
+        prompt: str,
+        options: dict[str, Any],
+        fmt: Any = None,
+        *,
+        logprobs: int | None = None,
+        prefix: list[int] | None = None,
+        return_tokens: bool = False,
     ) -> None:
-        """Queue a generation; raises RequestError for a request that cannot run."""
+        """Queue a generation; raises RequestError for a request that cannot run.
+        `logprobs`: report every generated token's log-probability and that many most
+        likely alternatives; `prefix`: token ids read before the prompt (Ollama's
+        `context`); `return_tokens`: the done frame carries the prompt's and the answer's
+        token ids."""
         if not self.loaded:
             raise RequestError("internal", "no model loaded")
         sampling = SamplingOptions.from_options(options)
         grammar = grammar_for(fmt)
-        tokens = self.tokenize(prompt)
+        if logprobs is not None and not (
+            type(logprobs) is int and 0 <= logprobs <= MAX_TOP_LOGPROBS
+        ):
+            raise RequestError(
+                "bad_request", f"logprobs must be an integer from 0 to {MAX_TOP_LOGPROBS}"
+            )
+        head = self._checked_prefix(prefix) if prefix else []
+        tokens = head + self.tokenize(prompt, add_bos=not head)
         if not tokens:
             tokens = [self._bos] if self._bos >= 0 else []
         if not tokens:
@@ -386,11 +427,38 @@ class Engine:
         except (TypeError, ValueError) as exc:
             raise RequestError("bad_request", "option 'num_predict' is invalid") from exc
         if num_predict == 0:
-            self._send(_done(request_id, "length", len(tokens), 0, 0, 0, len(tokens)))
+            done = _done(request_id, "length", len(tokens), 0, 0, 0, len(tokens))
+            if return_tokens:
+                done["tokens"] = tokens
+            self._send(done)
             return
         if grammar is not None:  # a grammar that does not parse is the client's mistake
             SamplerChain(self._vocab, self._n_vocab, sampling, grammar).close()
-        self._waiting.append(Request(request_id, tokens, sampling, grammar, stops, num_predict))
+        self._waiting.append(
+            Request(
+                request_id,
+                tokens,
+                sampling,
+                grammar,
+                stops,
+                num_predict,
+                logprobs=logprobs,
+                return_tokens=return_tokens,
+            )
+        )
+
+    def _checked_prefix(self, prefix: list[int]) -> list[int]:
+        """A token prefix (Ollama's `context`): ids of this model's vocabulary."""
+        if not isinstance(prefix, list):
+            raise RequestError("bad_request", "context must be a list of token ids")
+        for token in prefix:
+            if type(token) is not int or not 0 <= token < self._n_vocab:
+                raise RequestError(
+                    "bad_request",
+                    f"context: {token!r} is not a token id of this model "
+                    f"(0 to {self._n_vocab - 1})",
+                )
+        return list(prefix)
 
     def cancel(self, request_id: str) -> None:
         """End a request now (`done` with reason "cancel"); its slot and KV are freed."""
@@ -559,9 +627,10 @@ class Engine:
         for slot in self.slots:
             active = slot.active
             if active is not None and active.saved is not None:
-                token = active.sampler.sample_logits(active.saved)
+                saved = active.saved
+                token = active.sampler.sample_logits(saved)
                 active.saved = None
-                self._accept(slot, token)
+                self._accept(slot, token, saved if active.request.logprobs is not None else None)
                 started = True
         return started
 
@@ -689,7 +758,9 @@ class Engine:
                     slot.logits = self._logits(index).copy()
                     slot.logits_at = len(slot.cache)
             if part.sample:
-                self._accept(slot, active.sampler.sample(self._ctx, index))
+                token = active.sampler.sample(self._ctx, index)
+                wanted = active.request.logprobs is not None
+                self._accept(slot, token, self._logits(index) if wanted else None)
 
     def _logits(self, index: int) -> Any:
         """The logits of batch position `index` of the last decode (a numpy view)."""
@@ -705,9 +776,10 @@ class Engine:
         fits = int(target_s / self._s_per_token)
         return max(BUSY_PREFILL_MIN, min(fits, self._n_batch))
 
-    def _accept(self, slot: Slot, token: int) -> None:
-        """The slot's next token (sampled and accepted by its chain): send its text, and
-        finish or feed it to the next step."""
+    def _accept(self, slot: Slot, token: int, logits: Any = None) -> None:
+        """The slot's next token (sampled and accepted by its chain): send its text (and,
+        given the `logits` it was sampled from, its log-probabilities), and finish or feed
+        it to the next step."""
         lib = llama()
         active = slot.active
         assert active is not None
@@ -717,7 +789,13 @@ class Engine:
             self._finish(slot, "stop")
             return
         active.generated += 1
-        text, stopped = active.stream.push(self._piece_of(token))
+        if active.request.return_tokens:
+            active.output.append(token)
+        piece = self._piece_of(token)
+        text, stopped = active.stream.push(piece)
+        if logits is not None and not stopped:
+            top = active.request.logprobs or 0
+            self._send_logprob(active.request.id, self._logprob_entry(token, piece, logits, top))
         if text:
             self._send_text(active.request.id, text)
         if stopped:
@@ -728,6 +806,32 @@ class Engine:
             self._finish(slot, "length")  # the slot's window is full
         else:
             active.next_token = token
+
+    def _logprob_entry(self, token: int, piece: bytes, logits: Any, top: int) -> TokenLogprobs:
+        """`token`'s log-probability under `logits` (a log-softmax of the model's raw
+        logits: the distribution before temperature, penalties and filters, as OpenAI and
+        llama.cpp's server report) and the `top` most likely tokens (ties: lower id first)."""
+        import numpy as np
+
+        values = np.asarray(logits)  # float32; the sum of exponentials in float64
+        peak = float(values.max())
+        log_total = peak + math.log(float(np.exp(values - peak).sum(dtype=np.float64)))
+        entry: TokenLogprobs = {
+            **_token_logprob(piece, float(values[token]) - log_total),
+            "top_logprobs": [],
+        }
+        if top:  # about 0.6 ms for a 49k vocabulary (0.07 ms without alternatives)
+            count = min(top, values.size)
+            cut = values.size - count
+            threshold = values[np.argpartition(values, cut)[cut]]
+            above = np.flatnonzero(values > threshold)
+            tied = np.flatnonzero(values == threshold)[: count - above.size]
+            ids = np.concatenate([above, tied])
+            ids = ids[np.lexsort((ids, -values[ids]))]
+            entry["top_logprobs"] = [
+                _token_logprob(self._piece_of(int(i)), float(values[i]) - log_total) for i in ids
+            ]
+        return entry
 
     def _finish(
         self, slot: Slot, reason: DoneReason, *, flush: bool = True, forget: bool = False
@@ -746,17 +850,20 @@ class Engine:
                 self._send_text(active.request.id, text)
         ended = time.perf_counter_ns()
         first = active.first_token_ns or ended
-        self._send(
-            _done(
-                active.request.id,
-                reason,
-                active.prompt_eval_count,
-                first - active.started_ns,
-                active.generated,
-                ended - first,
-                len(active.request.prompt),
-            )
+        done = _done(
+            active.request.id,
+            reason,
+            active.prompt_eval_count,
+            first - active.started_ns,
+            active.generated,
+            ended - first,
+            len(active.request.prompt),
         )
+        if active.request.return_tokens:
+            done["tokens"] = [*active.request.prompt, *active.output]
+        if active.stream.matched is not None:
+            done["stop_sequence"] = active.stream.matched
+        self._send(done)
 
     def _fail(self, slots: list[Slot], message: str) -> None:
         lib = llama()
@@ -769,6 +876,10 @@ class Engine:
             lib.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
             slot.trim(0)
             self._send(error_frame(active.request.id, "internal", message))
+
+
+def _token_logprob(piece: bytes, logprob: float) -> TokenLogprob:
+    return {"token": piece.decode("utf-8", "replace"), "bytes": list(piece), "logprob": logprob}
 
 
 def _done(

@@ -2,9 +2,10 @@
 
 `RunnerProcess.spawn()` starts `python -m localserve.runner` with one end of a socket pair,
 then a reader task routes each incoming frame to the request that owns its id: a step's
-`tokens` frame becomes one `token` frame ({event, id, text}) per request in it, so callers
-see per-request frames (`token`s, then `done` or `embeddings`; or an `error`). When the
-process dies, every open request receives an error frame, so no caller waits forever.
+`tokens` frame becomes one `token` frame ({event, id, text, logprobs?}) per request in it,
+so callers see per-request frames (`token`s, then `done` or `embeddings`; or an `error`).
+When the process dies, every open request receives an error frame, so no caller waits
+forever.
 """
 
 from __future__ import annotations
@@ -167,10 +168,14 @@ class RunnerProcess:
         if not isinstance(texts, dict):
             raise ProtocolError("a tokens frame without texts")
         requests = self._requests
+        logprobs = frame.get("logprobs") or {}
         for request_id, text in texts.items():
             queue = requests.get(request_id)
             if queue is not None:
-                queue.put_nowait({"event": "token", "id": request_id, "text": text})
+                token: Frame = {"event": "token", "id": request_id, "text": text}
+                if request_id in logprobs:
+                    token["logprobs"] = logprobs[request_id]
+                queue.put_nowait(token)
 
     async def _send(self, message: Mapping[str, Any]) -> None:
         if not self.alive:

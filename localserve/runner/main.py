@@ -317,6 +317,9 @@ class Runner:
                     str(message.get("prompt") or ""),
                     dict(message.get("options") or {}),
                     message.get("format"),
+                    logprobs=message.get("logprobs"),
+                    prefix=message.get("prefix"),
+                    return_tokens=bool(message.get("return_tokens", False)),
                 )
             elif op == "embed":
                 self.embed(request_id, message)

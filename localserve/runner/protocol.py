@@ -12,8 +12,13 @@ Daemon -> runner (`op`):
               depend on what else runs beside it (slower; see localserve.runner.engine);
               flash_attn: flash attention on CPU too (faster with several threads, but a
               cached prompt may then answer differently from a fresh read)
-    generate  {op, id, prompt, options, format?}   format: "json" or a schema; requests
-              beyond the runner's num_parallel slots wait in the runner
+    generate  {op, id, prompt, options, format?, logprobs?, prefix?, return_tokens?}
+              format: "json" or a schema; requests beyond the runner's num_parallel
+              slots wait in the runner; logprobs: N (0..MAX_TOP_LOGPROBS) asks for the
+              log-probability of every generated token and its N most likely
+              alternatives; prefix: token ids read before the prompt's own (Ollama's
+              `context`; the prompt is then tokenized without a BOS); return_tokens:
+              the `done` frame carries `tokens`
     embed     {op, id, inputs, truncate?, normalize?}
     cancel    {op, id}
     stats     {op}
@@ -25,23 +30,31 @@ Runner -> daemon (`event`):
     loaded    {event, load_duration, rss, n_ctx, slots, n_gpu_layers, threads,
                batch_invariant, embed_batch}     n_ctx per slot; embed_batch: the tokens
                                                  one embedding decode reads at most
-    tokens    {event, texts: {id: text, ...}}    one decode step: the new text of every
+    tokens    {event, texts: {id: text, ...}, logprobs?: {id: [TokenLogprobs, ...]}}
+                                                 one decode step: the new text of every
                                                  request that produced some (one frame per
-                                                 step for all sequences, not one per token)
+                                                 step for all sequences, not one per token);
+                                                 `logprobs` only for requests that asked
+                                                 (their ids are then in `texts` too, maybe
+                                                 with "" while text is held back)
     done      {event, id, done_reason, prompt_tokens, prompt_eval_count,
                prompt_eval_duration, eval_count, eval_duration}  durations in nanoseconds;
                                                  prompt_tokens counts the whole prompt,
                                                  prompt_eval_count only the tokens
                                                  evaluated (a reused or copied prefix is
                                                  not; 0 when the whole prompt was cached
-                                                 with its logits)
+                                                 with its logits); `tokens` (prompt and
+                                                 generated ids, no end-of-generation token)
+                                                 when the request asked for them;
+                                                 `stop_sequence`: the stop string that
+                                                 ended the answer, when one did
     embeddings{event, id, embeddings, prompt_eval_count, prompt_eval_duration}
     error     {event, id?, kind, message}        id absent for load errors
     stats     {event, rss, slots, slots_busy, threads}
 
 Within one write, a request's `tokens` text always comes before its `done`. The daemon's
 handle (localserve.runner.handle) turns each `tokens` frame into one `token` frame
-({event: "token", id, text}) per request for its callers, so they see per-request frames:
+({event: "token", id, text, logprobs?}) per request for its callers, so they see per-request frames:
 `token`s, then `done` (or `embeddings`), or an `error`.
 
 Every request carries an `id`, so one runner can hold several requests at once.
@@ -69,6 +82,8 @@ llama.cpp could not make a context for it (too little memory for num_ctx x slots
 
 DoneReason = Literal["stop", "length", "cancel"]
 
+MAX_TOP_LOGPROBS = 20  # alternatives per token at most (OpenAI's limit)
+
 
 # ---- daemon -> runner ----------------------------------------------------------------------
 
@@ -93,6 +108,9 @@ class GenerateOp(TypedDict):
     prompt: str
     options: dict[str, Any]
     format: NotRequired[Any]
+    logprobs: NotRequired[int]
+    prefix: NotRequired[list[int]]
+    return_tokens: NotRequired[bool]
 
 
 class EmbedOp(TypedDict):
@@ -144,9 +162,26 @@ class LoadedFrame(TypedDict):
     embed_batch: int
 
 
+class TokenLogprob(TypedDict):
+    """A token and its log-probability: the log-softmax of the model's logits (before
+    temperature, penalties, top-k/p or a grammar); `bytes` are the token's exact bytes
+    (`token` is their UTF-8 text, with U+FFFD for a piece of a character)."""
+
+    token: str
+    bytes: list[int]
+    logprob: float
+
+
+class TokenLogprobs(TokenLogprob):
+    """A generated token with its most likely alternatives, most likely first."""
+
+    top_logprobs: list[TokenLogprob]
+
+
 class TokensFrame(TypedDict):
     event: Literal["tokens"]
     texts: dict[str, str]
+    logprobs: NotRequired[dict[str, list[TokenLogprobs]]]
 
 
 class TokenFrame(TypedDict):
@@ -155,6 +190,7 @@ class TokenFrame(TypedDict):
     event: Literal["token"]
     id: str
     text: str
+    logprobs: NotRequired[list[TokenLogprobs]]
 
 
 class DoneFrame(TypedDict):
@@ -166,6 +202,8 @@ class DoneFrame(TypedDict):
     prompt_eval_duration: int
     eval_count: int
     eval_duration: int
+    tokens: NotRequired[list[int]]
+    stop_sequence: NotRequired[str]
 
 
 class EmbeddingsFrame(TypedDict):

@@ -20,6 +20,8 @@ class Request:
     stops: list[str]
     num_predict: int
     submitted_ns: int = field(default_factory=time.perf_counter_ns)
+    logprobs: int | None = None  # alternatives per token to report (None: no logprobs)
+    return_tokens: bool = False  # the done frame carries the prompt and generated ids
 
 
 @dataclass
@@ -39,6 +41,7 @@ class Active:
     # Following another slot's read of the same prompt prefix: (slot, its request id, the
     # prompt tokens to copy from it once it has read them).
     follow: tuple[Slot, str, int] | None = None
+    output: list[int] = field(default_factory=list)  # generated ids (when return_tokens)
 
     @property
     def prefilling(self) -> bool:

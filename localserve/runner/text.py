@@ -17,6 +17,7 @@ class TextStream:
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._stops = [s for s in stops or [] if s]
         self._held = ""
+        self.matched: str | None = None  # the stop string that ended the text, once hit
 
     def push(self, data: bytes) -> tuple[str, bool]:
         self._held += self._decoder.decode(data)
@@ -32,10 +33,11 @@ class TextStream:
         if not self._stops:
             self._held = ""
             return held, False
-        hits = [i for i in (held.find(stop) for stop in self._stops) if i >= 0]
+        hits = [(i, stop) for stop in self._stops if (i := held.find(stop)) >= 0]
         if hits:
+            at, self.matched = min(hits, key=lambda hit: hit[0])
             self._held = ""
-            return held[: min(hits)], True
+            return held[:at], True
         keep = 0 if final else self._partial_stop_suffix(held)
         self._held = held[len(held) - keep :]
         return held[: len(held) - keep], False

@@ -36,7 +36,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, NotRequired, TypedDict
 
 from localserve.config import Settings
 from localserve.errors import (
@@ -49,6 +49,7 @@ from localserve.errors import (
 from localserve.names import ModelName
 from localserve.runner.handle import LoadResult, RunnerProcess
 from localserve.scheduling.clock import Clock, LoopClock, Timer
+from localserve.scheduling.fairness import Caller, FairShare
 from localserve.scheduling.gpu import GpuProbe, NvmlGpuProbe
 from localserve.scheduling.memory import MemoryProbe as MemoryProbe  # re-exported
 from localserve.scheduling.memory import PsutilMemoryProbe
@@ -131,6 +132,7 @@ class ModelSnapshot(TypedDict):
     threads: int  # llama.cpp threads decoding now
     facts: ModelFacts
     busy: bool
+    queued_by_key: NotRequired[dict[str, int]]  # waiting requests per API key (fair share)
 
 
 @dataclass(frozen=True)
@@ -243,6 +245,7 @@ class _Pending:
     future: asyncio.Future[Lease]
     keep_alive_s: float | None
     deadline: float
+    caller: Caller | None = None  # who asked (fair share orders by it)
 
 
 class Scheduler:
@@ -276,6 +279,7 @@ class Scheduler:
         self._background: set[asyncio.Task[Any]] = set()
         self._closed = False
         self._queue_seen: dict[str, int] = {}
+        self.fairness = FairShare(settings.fair_share)  # the order of waiting requests
 
     # ---- lifecycle ---------------------------------------------------------------------
 
@@ -345,12 +349,15 @@ class Scheduler:
 
     # ---- public API (called from request handlers) ------------------------------------
 
-    async def acquire(self, spec: ModelSpec, keep_alive_s: float | None = None) -> Lease:
-        """Wait for a ready runner for `spec`; raises BusyError, ModelTooLargeError, ..."""
+    async def acquire(
+        self, spec: ModelSpec, keep_alive_s: float | None = None, caller: Caller | None = None
+    ) -> Lease:
+        """Wait for a ready runner for `spec`; raises BusyError, ModelTooLargeError, ...
+        `caller` (an API key) is who fair share serves in turn."""
         if self._closed:
             raise BusyError("the daemon is shutting down")
         future: asyncio.Future[Lease] = asyncio.get_running_loop().create_future()
-        self._post(lambda: self._on_acquire(spec, future, keep_alive_s))
+        self._post(lambda: self._on_acquire(spec, future, keep_alive_s, caller))
         try:
             return await future
         except asyncio.CancelledError:
@@ -359,7 +366,7 @@ class Scheduler:
 
     @contextlib.asynccontextmanager
     async def lease(
-        self, spec: ModelSpec, keep_alive_s: float | None = None
+        self, spec: ModelSpec, keep_alive_s: float | None = None, caller: Caller | None = None
     ) -> AsyncIterator[Lease]:
         """Hold a ready runner for `spec` for the length of the block.
 
@@ -368,7 +375,7 @@ class Scheduler:
         Leaving (normally, by an exception or a cancel) releases exactly once, with
         `lease.keep_alive_s`: `keep_alive_s` unless the block changed it.
         """
-        held = await self.acquire(spec, keep_alive_s)
+        held = await self.acquire(spec, keep_alive_s, caller)
         try:
             yield held
         finally:
@@ -427,6 +434,7 @@ class Scheduler:
                     "threads": model.runner.threads if model.runner else 0,
                     "facts": model.spec.facts,
                     "busy": model.in_flight > 0,
+                    "queued_by_key": self.fairness.waiting_by_key(model.spec.key),
                 }
             )
         return rows
@@ -442,7 +450,11 @@ class Scheduler:
         return waiting
 
     def _on_acquire(
-        self, spec: ModelSpec, future: asyncio.Future[Lease], keep_alive_s: float | None
+        self,
+        spec: ModelSpec,
+        future: asyncio.Future[Lease],
+        keep_alive_s: float | None,
+        caller: Caller | None = None,
     ) -> None:
         if future.done():
             return
@@ -460,11 +472,14 @@ class Scheduler:
             )
             self._publish("queue_full", model=spec.key)
             return
-        self.pending.append(
-            _Pending(spec, future, keep_alive_s, self.clock.monotonic() + self.pending_timeout_s)
-        )
+        deadline = self.clock.monotonic() + self.pending_timeout_s
+        self.pending.append(_Pending(spec, future, keep_alive_s, deadline, caller))
+        self.fairness.arrive(future, spec.key, caller)
         self.clock.call_later(self.pending_timeout_s + 0.01, self._post, self._expire_pending)
         self._schedule()
+        queued = self.fairness.announce(future, [p.future for p in self.pending])
+        if queued is not None:  # it waits: say where (fairness.py)
+            self._publish("request_queued", **queued)
 
     def _on_abandon(self, future: asyncio.Future[Lease]) -> None:
         if future.done() and not future.cancelled() and future.exception() is None:
@@ -487,6 +502,7 @@ class Scheduler:
         if model.expiry is not None:
             model.expiry.cancel()
             model.expiry = None
+        self.fairness.granted(future)
         future.set_result(Lease(model, model.runner, self, keep_alive_s=keep))
 
     def _on_release(self, model: LoadedModel, keep_alive_s: float | None) -> None:
@@ -494,6 +510,8 @@ class Scheduler:
         model.last_used = self.clock.monotonic()
         if keep_alive_s is not None:
             model.keep_alive_s = keep_alive_s
+        if self.fairness.enabled:
+            self._pass_slot_on(model)  # a request waiting for this slot takes it first
         if self.models.get(model.spec.key) is model and model.idle:
             self._arm_expiry(model)
         self._schedule()
@@ -526,6 +544,8 @@ class Scheduler:
     def _expire_pending(self) -> None:
         now = self.clock.monotonic()
         for pending in [p for p in self.pending if p.deadline <= now]:
+            if self._waits_for_slot(pending):
+                continue  # its model is serving: it waits its turn (fairness), not memory
             self.pending.remove(pending)
             _fail(
                 pending.future,
@@ -535,6 +555,32 @@ class Scheduler:
                     retry_after=5,
                 ),
             )
+
+    def _pass_slot_on(self, model: LoadedModel) -> None:
+        """Fair share: the model's free slots go to its waiting requests, in fair order,
+        before anything else is planned (an emptied model must not look idle, evictable)."""
+        if self.models.get(model.spec.key) is not model or not model.serving:
+            return
+        for pending in self.fairness.order(self.pending, lambda p: p.future):
+            if not self.fairness.has_free_slot(model.in_flight, model.spec.num_parallel):
+                return
+            if pending.spec.key != model.spec.key or pending.future.done():
+                continue
+            if pending.caller is not None and self._compatible(model, pending.spec):
+                self.pending.remove(pending)
+                self._grant(model, pending.future, pending.keep_alive_s)
+
+    def _waits_for_slot(self, pending: _Pending) -> bool:
+        """A request with a caller (an API key) whose model serves with every slot busy:
+        fair share holds it here (requests without one go to the runner's own queue)."""
+        model = self.models.get(pending.spec.key)
+        return (
+            pending.caller is not None
+            and model is not None
+            and model.serving
+            and self._compatible(model, pending.spec)
+            and not self.fairness.has_free_slot(model.in_flight, model.spec.num_parallel)
+        )
 
     def _compatible(self, model: LoadedModel, spec: ModelSpec) -> bool:
         return (
@@ -552,6 +598,8 @@ class Scheduler:
             self._schedule_pending()
         finally:
             self._publish_queue_changes()
+            for moved in self.fairness.moved([p.future for p in self.pending]):
+                self._publish("request_queued", **moved)  # a tagged request's new place
 
     def _publish_queue_changes(self) -> None:
         """Publish (and log) each model's queue depth when it changes."""
@@ -567,7 +615,7 @@ class Scheduler:
                     self._queue_seen.pop(key, None)
 
     def _schedule_pending(self) -> None:
-        for pending in list(self.pending):
+        for pending in self.fairness.order(self.pending, lambda p: p.future):
             if pending.future.done():
                 self.pending.remove(pending)
                 continue
@@ -579,6 +627,8 @@ class Scheduler:
                 self._unload(model, "reload")
                 model = None
             if model is not None:
+                if self._waits_for_slot(pending):
+                    continue  # every slot is busy: it waits here, served in fair order
                 self.pending.remove(pending)
                 if model.serving:
                     self._grant(model, pending.future, pending.keep_alive_s)
@@ -712,7 +762,14 @@ class Scheduler:
         self.runner_pool.refill_when_quiet(self._decoding)
         waiters, model.waiters = model.waiters, []
         for future, keep in waiters:
-            self._grant(model, future, keep)
+            caller = self.fairness.caller_of(future)
+            if self.fairness.enabled and caller is not None:  # `_schedule` serves in turn
+                deadline = self.clock.monotonic() + self.pending_timeout_s
+                self.pending.append(_Pending(model.spec, future, keep, deadline, caller))
+            else:
+                self._grant(model, future, keep)
+        if self.fairness.enabled:
+            self._pass_slot_on(model)  # its first requests, in fair order
         if model.idle:
             self._arm_expiry(model)
         self._schedule()

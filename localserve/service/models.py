@@ -18,6 +18,7 @@ from localserve.errors import LocalserveError, TooLargeError
 from localserve.names import ModelName, parse_digest
 from localserve.scheduling.scheduler import ModelSnapshot, Scheduler
 from localserve.service.prompts import check_template
+from localserve.store.gguf_tokenizer import read_tokenizer_arrays
 from localserve.store.store import Store, StoredModel
 from localserve.telemetry.events import EventBus
 
@@ -55,6 +56,11 @@ class Models:
 
     async def get(self, raw_name: str) -> StoredModel:
         return await asyncio.to_thread(self.store.get, ModelName.parse(raw_name))
+
+    async def tokenizer_arrays(self, stored: StoredModel) -> dict[str, builtins.list[Any]]:
+        """The model's tokenizer arrays from its GGUF header (`/api/show` verbose)."""
+        path = self.store.blob_path(stored.manifest.model_digest)
+        return await asyncio.to_thread(read_tokenizer_arrays, path)
 
     async def copy(self, source: str, destination: str) -> None:
         await asyncio.to_thread(

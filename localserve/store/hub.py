@@ -20,6 +20,7 @@ import collections
 import concurrent.futures
 import contextlib
 import hashlib
+import importlib
 import os
 import re
 from collections.abc import Callable
@@ -30,7 +31,6 @@ from typing import IO, Any, Protocol
 from urllib.parse import urlsplit
 
 import aiohttp
-import httpx2
 import huggingface_hub
 from huggingface_hub import HfApi, get_hf_file_metadata, get_token, hf_hub_url
 from huggingface_hub.errors import (
@@ -58,6 +58,19 @@ from localserve.errors import (
 )
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
+
+
+def _transport_errors() -> tuple[type[Exception], ...]:
+    """The HTTP library's connection errors: huggingface-hub moved from httpx2 to httpx
+    (1.x), so whichever of them is installed."""
+    found: list[type[Exception]] = []
+    for module in ("httpx", "httpx2"):
+        with contextlib.suppress(ImportError):
+            found.append(importlib.import_module(module).TransportError)
+    return tuple(found)
+
+
+_HTTP_TRANSPORT_ERRORS = _transport_errors()
 READ_CHUNK = 1024 * 1024
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
@@ -478,6 +491,6 @@ class HuggingFaceHub:
             return BadRequestError(f"invalid Hugging Face repo id {repo_id!r}: {exc}")
         if isinstance(exc, OfflineModeIsEnabled):
             return NetworkError("HF_HUB_OFFLINE is set: cannot reach the hub")
-        if isinstance(exc, httpx2.TransportError | aiohttp.ClientError | TimeoutError):
+        if isinstance(exc, (*_HTTP_TRANSPORT_ERRORS, aiohttp.ClientError, TimeoutError)):
             return NetworkError(f"cannot reach {self.endpoint}: {exc or type(exc).__name__}")
         return UpstreamError(f"unexpected answer from {self.endpoint} for {where}: {exc}")

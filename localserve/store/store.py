@@ -162,6 +162,23 @@ def _raise_disk_error(exc: OSError) -> None:
         raise DiskFullError() from exc
 
 
+def atomic_write_bytes(path: Path, data: bytes, tmp_dir: Path) -> None:
+    """Write `data` at `path` so that a reader (or a restart after a kill at any moment)
+    sees the old bytes or the new ones, never a mix: temp file, fsync, rename, fsync dir."""
+    fd, tmp = tempfile.mkstemp(dir=tmp_dir, suffix=f".{path.name}")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        _raise_disk_error(exc)
+        raise
+
+
 def _unowned(path: Path, now: float) -> bool:
     """A temp file no live writer holds: an upload's `.part` that nobody flock()s (its
     writer died with a killed daemon), or any other temp file older than an hour."""

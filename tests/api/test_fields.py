@@ -1,5 +1,7 @@
 """Fields a client sends are honoured or refused with a 400 that names them (issue 13):
-images, embedding dimensions, suffix (fill-in-the-middle), a per-request template."""
+images, embedding dimensions, suffix (fill-in-the-middle), a per-request template.
+Logprobs, `n` and `context` have their own files (test_logprobs_api.py, test_choices.py,
+test_generate_context.py)."""
 
 from __future__ import annotations
 
@@ -122,14 +124,13 @@ def test_usage_counts_the_whole_prompt_and_reports_the_cached_part(daemon: Daemo
 @pytest.mark.parametrize(
     ("path", "field", "value"),
     [
-        ("/v1/chat/completions", "logprobs", True),
-        ("/v1/chat/completions", "top_logprobs", 3),
-        ("/v1/chat/completions", "n", 2),
+        ("/v1/chat/completions", "top_logprobs", 3),  # without logprobs: true
+        ("/v1/chat/completions", "n", 9),  # more than localserve's most choices (8)
         ("/v1/chat/completions", "logit_bias", {"65": 5}),
         ("/v1/completions", "echo", True),
         ("/v1/completions", "best_of", 3),
-        ("/api/chat", "logprobs", True),
-        ("/api/generate", "context", [1, 2, 3]),
+        ("/api/chat", "top_logprobs", 2),  # without logprobs: true
+        ("/api/chat", "context", [1, 2, 3]),  # token context is for /api/generate
     ],
 )
 def test_a_field_not_acted_on_is_a_400_naming_it(

@@ -13,7 +13,9 @@ from localserve.tui.screens.dialogs import ConfirmScreen, PullScreen
 from localserve.tui.screens.help import HelpScreen
 from localserve.tui.screens.logs import LogsScreen
 from localserve.tui.screens.models import ModelsScreen
+from localserve.tui.screens.routes import RoutesScreen
 from localserve.tui.screens.unreachable import UnreachableScreen
+from localserve.tui.screens.usage import UsageScreen
 
 __all__ = [
     "ChatScreen",
@@ -24,5 +26,7 @@ __all__ = [
     "ModelsScreen",
     "MonitorScreen",
     "PullScreen",
+    "RoutesScreen",
     "UnreachableScreen",
+    "UsageScreen",
 ]

@@ -61,6 +61,7 @@ class MonitorScreen(Screen[None]):
             version=app.state.daemon_version,
             refresh=app.refresh_s,
             readonly=app.readonly,
+            node_state=app.state.node_state,
         )
 
     def refresh_from_state(self, force: bool = False) -> None:

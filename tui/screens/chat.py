@@ -174,7 +174,7 @@ class ChatScreen(MonitorScreen):
             self.query_one("#transcript", VerticalScroll).scroll_end(animate=False)
 
     def action_stop(self) -> None:
-        """Stop the streaming reply; when none streams, leave the input (so that 1-4
+        """Stop the streaming reply; when none streams, leave the input (so that 1-6
         and ? work again; `i` or a click returns to it)."""
         if self._reply_widget is not None:
             self.workers.cancel_group(self, "chat")

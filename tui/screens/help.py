@@ -37,7 +37,7 @@ def help_text(readonly: bool) -> Text:
         (
             "Everywhere",
             [
-                ("1 2 3 4", "dashboard, models, chat, logs (also F2-F5)"),
+                ("1-6", "dashboard, models, chat, logs, routes, usage (F2-F7)"),
                 ("? / F1", "this help"),
                 ("Ctrl+P", "command palette (every action, by name)"),
                 ("+ / -", "refresh faster / slower"),
@@ -73,6 +73,17 @@ def help_text(readonly: bool) -> Text:
         ),
         ("Logs", [("c", "clear the view")]),
     ]
+    if not readonly:
+        sections.append(
+            (
+                "Routes",
+                [
+                    ("B", "roll the selected route back (asks first)"),
+                    ("P", "pause or resume its rollout"),
+                    ("A", "abort its rollout (asks first)"),
+                ],
+            )
+        )
     text = Text("localserve TUI\n", style="bold")
     if readonly:
         text.append("read-only: pull, unload and delete are hidden\n", style="yellow")
