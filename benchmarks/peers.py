@@ -44,8 +44,7 @@ TTFT; warm TTFT <= llama-server's + 3 ms; 4-stream aggregate >= 2.0x in-process 
 
 `--batch-invariant` runs localserve (the engine, and the daemon through
 LOCALSERVE_BATCH_INVARIANT=1) in its batch-invariant mode; `--flash-attn` gives the engine
-contender flash attention (the runner's `flash_attn` load field; the daemon has no setting
-for it).
+contender and the daemon (LOCALSERVE_FLASH_ATTN=1) flash attention.
 
 llama-server: ../shared/peers/build-llama-server.sh DIR builds it (DIR/bin/llama-server).
 """
@@ -839,7 +838,7 @@ def main() -> None:
     parser.add_argument(
         "--flash-attn",
         action="store_true",
-        help="the engine contender with flash attention on (the runner's flash_attn load field)",
+        help="flash attention on (the engine's flash_attn load field, LOCALSERVE_FLASH_ATTN=1)",
     )
     parser.add_argument(
         "--batch-invariant",
@@ -877,7 +876,7 @@ def main() -> None:
         + os.environ.get("LOCALSERVE_ADAPT_THREADS", "1")
         + f", LOCALSERVE_BATCH_INVARIANT={int(args.batch_invariant)}"
         + (" (engine too)" if args.batch_invariant else "")
-        + (", engine with flash attention" if args.flash_attn else ""),
+        + (", flash attention (engine and daemon)" if args.flash_attn else ""),
         *notes_head,
     ]
     for line in header:
@@ -913,6 +912,7 @@ def main() -> None:
                         keep_alive="1h",
                         spare_runner="0",
                         batch_invariant="1" if args.batch_invariant else "0",
+                        flash_attn="1" if args.flash_attn else "0",
                     )
                 )
                 daemon = daemon_process()

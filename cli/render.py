@@ -14,6 +14,7 @@ from localserve.api.payloads import PsModel, ShowResponse, TagsModel
 from localserve.client.display import (
     human_bytes,
     human_time,
+    name_with_replicas,
     parameters_text,
     parse_time,
     per_second,
@@ -64,7 +65,7 @@ def ps_rows(models: Sequence[PsModel], now: datetime | None = None) -> list[list
         context = m.get("context_length")
         rows.append(
             [
-                str(m.get("name") or m.get("model") or ""),
+                name_with_replicas(m),
                 short_id(m.get("digest")),
                 human_bytes(size),
                 processor_column(size, int(m.get("size_vram") or 0)),

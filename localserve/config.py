@@ -122,6 +122,13 @@ class Settings:
     max_loaded: int = 0
     num_parallel: int = 1
     max_queue: int = 512
+    # Replicas (localserve.scheduling.replicas): runners of one model at most; when to add
+    # one (requests waited this long, median over 30 s, or this many waited); pin each
+    # replica to a CPU set of its own.
+    max_replicas: int = 1
+    scale_wait_s: float = 2.0
+    scale_queue: int = 4
+    cpu_replicas: bool = False
     api_key: str | None = None
     origins: tuple[str, ...] = ()
     allowed_hosts: tuple[str, ...] = ()
@@ -179,6 +186,12 @@ class Settings:
             raise ConfigError("LOCALSERVE_NUM_PARALLEL must be at least 1")
         if self.max_queue < 0 or self.max_loaded < 0:
             raise ConfigError("LOCALSERVE_MAX_QUEUE and LOCALSERVE_MAX_LOADED must be >= 0")
+        if self.max_replicas < 1:
+            raise ConfigError("LOCALSERVE_MAX_REPLICAS must be at least 1")
+        if self.scale_queue < 1 or self.scale_wait_s < 0:
+            raise ConfigError(
+                "LOCALSERVE_SCALE_QUEUE must be at least 1 and LOCALSERVE_SCALE_WAIT >= 0"
+            )
         return self
 
 
@@ -209,13 +222,21 @@ def _split_list(text: str) -> tuple[str, ...]:
 def _coerce(name: str, raw: Any) -> Any:
     """Turn one raw setting (from env text or TOML value) into its typed value."""
     try:
-        if name in ("keep_alive_s", "load_timeout_s"):
+        if name in ("keep_alive_s", "load_timeout_s", "scale_wait_s"):
             return parse_duration(raw, DEFAULT_KEEP_ALIVE_S)
         if name in ("max_ram_bytes", "max_vram_bytes", "ram_reserve_bytes", "vram_reserve_bytes"):
             return raw if isinstance(raw, int) else _parse_bytes(str(raw))
         if name in ("max_body_bytes", "max_blob_bytes"):
             return raw if isinstance(raw, int) else _parse_bytes(str(raw))
-        if name in ("max_loaded", "num_parallel", "max_queue", "num_threads", "default_num_ctx"):
+        if name in (
+            "max_loaded",
+            "num_parallel",
+            "max_queue",
+            "num_threads",
+            "default_num_ctx",
+            "max_replicas",
+            "scale_queue",
+        ):
             return int(raw)
         if name in KEY_LIMIT_SETTINGS:
             return _non_negative_int(raw)
@@ -230,7 +251,14 @@ def _coerce(name: str, raw: Any) -> Any:
             return Path(str(raw)).expanduser()
         if name == "api_key":
             return str(raw) or None
-        if name in ("spare_runner", "autostart", "adapt_threads", "batch_invariant", "flash_attn"):
+        if name in (
+            "spare_runner",
+            "autostart",
+            "adapt_threads",
+            "batch_invariant",
+            "flash_attn",
+            "cpu_replicas",
+        ):
             return _parse_bool(raw)
         if name in ("require_keys", "fair_share"):
             return _parse_bool(raw)
@@ -266,6 +294,10 @@ ENV_VARS: dict[str, str] = {
     "LOCALSERVE_MAX_LOADED": "max_loaded",
     "LOCALSERVE_NUM_PARALLEL": "num_parallel",
     "LOCALSERVE_MAX_QUEUE": "max_queue",
+    "LOCALSERVE_MAX_REPLICAS": "max_replicas",
+    "LOCALSERVE_SCALE_WAIT": "scale_wait_s",
+    "LOCALSERVE_SCALE_QUEUE": "scale_queue",
+    "LOCALSERVE_CPU_REPLICAS": "cpu_replicas",
     "LOCALSERVE_API_KEY": "api_key",
     "LOCALSERVE_ORIGINS": "origins",
     "LOCALSERVE_ALLOWED_HOSTS": "allowed_hosts",

@@ -303,3 +303,22 @@ def test_decode_modes_are_off_unless_turned_on(tmp_path: Path, variable: str, se
     assert getattr(load_settings(env={variable: "1"}, config_file=none), setting) is True
     with pytest.raises(ConfigError, match=setting):
         load_settings(env={variable: "often"}, config_file=none)
+
+
+def test_replica_settings_are_read_and_checked(tmp_path: Path) -> None:
+    none = tmp_path / "none.toml"
+    settings = load_settings(
+        env={
+            "LOCALSERVE_MAX_REPLICAS": "3",
+            "LOCALSERVE_CPU_REPLICAS": "1",
+            "LOCALSERVE_SCALE_WAIT": "5s",
+            "LOCALSERVE_SCALE_QUEUE": "2",
+        },
+        config_file=none,
+    ).validate()
+    assert (settings.max_replicas, settings.cpu_replicas) == (3, True)
+    assert (settings.scale_wait_s, settings.scale_queue) == (5.0, 2)
+    with pytest.raises(ConfigError, match="LOCALSERVE_MAX_REPLICAS"):
+        load_settings(env={"LOCALSERVE_MAX_REPLICAS": "0"}, config_file=none).validate()
+    with pytest.raises(ConfigError, match="max_replicas"):
+        load_settings(env={"LOCALSERVE_MAX_REPLICAS": "two"}, config_file=none)

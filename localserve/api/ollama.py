@@ -358,6 +358,7 @@ async def ps(request: web.Request) -> web.Response:
             "threads": row["threads"],
             "queued_by_key": row.get("queued_by_key", {}),
             "routes": routing.shares_of(row["model"]),  # issue 14: {route: share}
+            "replicas": list(row.get("replicas", [])),
         }
         for row in snapshot
     ]

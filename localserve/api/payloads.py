@@ -42,6 +42,18 @@ class TagsResponse(TypedDict):
     models: list[TagsModel]
 
 
+class PsReplica(TypedDict):
+    """One runner of a loaded model: replica 0 is the first, the autoscaler adds more."""
+
+    replica: int
+    state: PsState
+    pid: int | None
+    in_flight: int
+    slots_busy: int
+    threads: int
+    cpus: list[int]  # its CPU set (LOCALSERVE_CPU_REPLICAS), else []
+
+
 class PsModel(TypedDict):
     """One loaded model in /api/ps: Ollama's fields, then localserve's."""
 
@@ -65,6 +77,7 @@ class PsModel(TypedDict):
     threads: int  # llama.cpp threads decoding now
     queued_by_key: NotRequired[dict[str, int]]  # waiting requests per API key
     routes: NotRequired[dict[str, float]]  # localserve's: route -> this version's share now
+    replicas: NotRequired[list[PsReplica]]  # every runner of the model (replicas)
 
 
 class PsResponse(TypedDict):

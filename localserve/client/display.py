@@ -137,6 +137,14 @@ def state_column(model: Mapping[str, Any], now: datetime | None = None) -> str:
 # ---- models --------------------------------------------------------------------------------
 
 
+def name_with_replicas(model: Mapping[str, Any]) -> str:
+    """A loaded model's name as `ps` and the TUI show it: "smollm2:135m ×2" when it runs
+    in several runners (replicas), else just the name."""
+    name = str(model.get("name") or model.get("model") or "")
+    replicas = model.get("replicas") or []
+    return f"{name} ×{len(replicas)}" if len(replicas) > 1 else name
+
+
 def processor_column(size: int, size_vram: int) -> str:
     """Where a model runs, from its total and VRAM sizes: "100% CPU", "48%/52% CPU/GPU"."""
     if size_vram <= 0:

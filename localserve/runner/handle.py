@@ -200,11 +200,13 @@ class RunnerProcess:
         adapt_threads: bool = False,
         batch_invariant: bool = False,
         flash_attn: bool = False,
+        cpus: list[int] | None = None,
     ) -> LoadResult:
         """Load the model at `path`; ModelLoadError when llama.cpp refuses the file.
         `batch_invariant`: decode so that a request's tokens do not depend on the requests
         beside it (slower); `flash_attn`: flash attention on CPU too (faster at short
-        contexts, slower at long ones; see localserve.runner.engine)."""
+        contexts, slower at long ones; see localserve.runner.engine); `cpus`: pin the runner to
+        these CPUs (a replica's own set)."""
         self._model_path = path
         load: LoadOp = {
             "op": "load",
@@ -218,6 +220,8 @@ class RunnerProcess:
             "batch_invariant": batch_invariant,
             "flash_attn": flash_attn,
         }
+        if cpus:
+            load["cpus"] = cpus
         await self._send(load)
         deadline = asyncio.get_running_loop().time() + timeout
         while True:

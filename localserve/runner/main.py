@@ -342,6 +342,12 @@ class Runner:
         if not os.path.isfile(path):
             print(f"runner {os.getpid()}: no model file at {path}", file=sys.stderr, flush=True)
             raise RequestError("load_failed", "the model file is missing")
+        cpus = message.get("cpus")
+        if cpus:  # a replica pinned to a CPU set of its own (LOCALSERVE_CPU_REPLICAS)
+            try:
+                os.sched_setaffinity(0, [int(cpu) for cpu in cpus])
+            except (AttributeError, OSError, ValueError) as exc:
+                raise RequestError("bad_request", f"cannot pin to CPUs {cpus}: {exc}") from exc
         threads = int(message.get("num_threads") or os.cpu_count() or 1)
         self._fixed_threads = self._applied_threads = threads
         self.policy = None

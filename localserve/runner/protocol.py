@@ -6,12 +6,13 @@ TypedDict below; `Frame` is the untyped view the daemon's callers get.
 
 Daemon -> runner (`op`):
     load      {op, path, num_ctx, num_gpu, num_threads, num_parallel, num_batch?,
-               tensor_split?, adapt_threads?, batch_invariant?, flash_attn?}
+               tensor_split?, adapt_threads?, batch_invariant?, flash_attn?, cpus?}
               num_ctx is per slot; adapt_threads: fewer threads while that decodes faster
               (localserve.runner.threads); batch_invariant: a request's tokens do not
               depend on what else runs beside it (slower; see localserve.runner.engine);
               flash_attn: flash attention on CPU too (faster with several threads, but a
-              cached prompt may then answer differently from a fresh read)
+              cached prompt may then answer differently from a fresh read); cpus: pin
+              the runner to these CPUs (a replica's own set)
     generate  {op, id, prompt, options, format?, logprobs?, prefix?, return_tokens?}
               format: "json" or a schema; requests beyond the runner's num_parallel
               slots wait in the runner; logprobs: N (0..MAX_TOP_LOGPROBS) asks for the
@@ -100,6 +101,7 @@ class LoadOp(TypedDict):
     adapt_threads: NotRequired[bool]
     batch_invariant: NotRequired[bool]
     flash_attn: NotRequired[bool]
+    cpus: NotRequired[list[int]]  # pin the runner to these CPUs (a replica's CPU set)
 
 
 class GenerateOp(TypedDict):

@@ -71,6 +71,9 @@ class Placed(Protocol):
     @property
     def last_used(self) -> float: ...  # monotonic
 
+    @property
+    def extra_replica(self) -> bool: ...  # a replica the autoscaler added: evicted first
+
 
 M = TypeVar("M", bound=Placed)
 
@@ -268,8 +271,11 @@ def ram_budget(models: Iterable[Placed], resources: Resources) -> tuple[int, int
 
 
 def eviction_order(models: Iterable[M]) -> list[M]:
-    """The idle models, first to go first: least recently used, pinned ones last."""
-    return sorted((m for m in models if m.idle), key=lambda m: (m.pinned, m.last_used))
+    """The idle models, first to go first: extra replicas (the model stays loaded in
+    another runner), then least recently used, pinned ones last."""
+    return sorted(
+        (m for m in models if m.idle), key=lambda m: (m.pinned, not m.extra_replica, m.last_used)
+    )
 
 
 def plan_room(

@@ -21,13 +21,19 @@ Policy:
 - evict least-recently-used idle models to make room, pinned (forever) ones last;
   never a model with requests in flight: the load waits (bounded), then 503;
 - a model that can never fit is refused at once, naming its need and the budget;
-- bound each model's waiting requests (`max_queue`): past it, 503 with Retry-After.
+- bound each model's waiting requests (`max_queue`): past it, 503 with Retry-After;
+- replicas (`replicas.py`): a model may run in several runners; a request goes to the
+  replica holding the longest prefix of its prompt, else the least busy; a replica is added
+  while requests wait past the thresholds (`LOCALSERVE_MAX_REPLICAS`, scale-up only when
+  it fits without evicting anything), an idle one leaves after its keep-alive, and an
+  eviction takes an idle extra replica before any model.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import enum
 import logging
 import os
@@ -60,6 +66,15 @@ from localserve.scheduling.placement import (
     plan_room,
     reclaim_victims,
     tensor_split,
+)
+from localserve.scheduling.replicas import (
+    PrefixMemory,
+    QueueWindow,
+    ScalePolicy,
+    choose_replica,
+    cpu_sets,
+    prompt_blocks,
+    scale_decision,
 )
 from localserve.scheduling.spare import RunnerFactory, SpareRunnerPool, spawn_runner
 from localserve.store.gguf_facts import ModelFacts
@@ -111,6 +126,16 @@ class IllegalTransitionError(RuntimeError):
     """A state change `TRANSITIONS` does not allow: a bug in the scheduler."""
 
 
+class ReplicaSnapshot(TypedDict):
+    replica: int
+    state: SnapshotState
+    pid: int | None
+    in_flight: int
+    slots_busy: int
+    threads: int
+    cpus: list[int]  # the CPU set it is pinned to (LOCALSERVE_CPU_REPLICAS), else []
+
+
 class ModelSnapshot(TypedDict):
     """One loaded model in `Scheduler.snapshot()`: what /api/ps, the metrics and the
     system monitor read (never used to make a decision)."""
@@ -133,6 +158,7 @@ class ModelSnapshot(TypedDict):
     facts: ModelFacts
     busy: bool
     queued_by_key: NotRequired[dict[str, int]]  # waiting requests per API key (fair share)
+    replicas: NotRequired[list[ReplicaSnapshot]]  # every runner of the model (replicas.py)
 
 
 @dataclass(frozen=True)
@@ -146,6 +172,7 @@ class ModelSpec:
     num_ctx: int
     num_gpu: int | None = None  # layers on the GPU; None = choose from free VRAM
     num_parallel: int = 1  # slots: concurrent sequences in one context of num_ctx each
+    max_replicas: int = 1  # runners of this model at most (the autoscaler adds them)
 
     @property
     def key(self) -> str:
@@ -169,7 +196,19 @@ class LoadedModel:
     load_result: LoadResult | None = None
     vram_measured: int = 0
     load_progress: float = 0.0  # llama.cpp's load progress, 0..1, while loading
+    replica: int = 0  # 0: the model's first runner; 1, 2, ...: replicas the autoscaler added
+    cpus: tuple[int, ...] = ()  # its CPU set (LOCALSERVE_CPU_REPLICAS)
+    prefixes: PrefixMemory = field(default_factory=PrefixMemory)  # prompts it served lately
     _state: ModelState = field(default=ModelState.LOADING, init=False)
+
+    @property
+    def slot_key(self) -> str:
+        """Its key in `Scheduler.models`: the model's name, `name#N` for replica N."""
+        return self.spec.key if self.replica == 0 else f"{self.spec.key}#{self.replica}"
+
+    @property
+    def extra_replica(self) -> bool:
+        return self.replica > 0
 
     @property
     def state(self) -> ModelState:
@@ -246,6 +285,7 @@ class _Pending:
     keep_alive_s: float | None
     deadline: float
     caller: Caller | None = None  # who asked (fair share orders by it)
+    blocks: tuple[str, ...] = ()  # the prompt's fingerprint (replicas.prompt_blocks)
 
 
 class Scheduler:
@@ -280,6 +320,12 @@ class Scheduler:
         self._closed = False
         self._queue_seen: dict[str, int] = {}
         self.fairness = FairShare(settings.fair_share)  # the order of waiting requests
+        self.scale_policy = ScalePolicy(
+            max_replicas=settings.max_replicas,
+            wait_threshold_s=settings.scale_wait_s,
+            queue_threshold=settings.scale_queue,
+        )
+        self.queue_windows: dict[str, QueueWindow] = {}  # per model, for the autoscaler
 
     # ---- lifecycle ---------------------------------------------------------------------
 
@@ -350,14 +396,20 @@ class Scheduler:
     # ---- public API (called from request handlers) ------------------------------------
 
     async def acquire(
-        self, spec: ModelSpec, keep_alive_s: float | None = None, caller: Caller | None = None
+        self,
+        spec: ModelSpec,
+        keep_alive_s: float | None = None,
+        caller: Caller | None = None,
+        prompt: str | None = None,
     ) -> Lease:
         """Wait for a ready runner for `spec`; raises BusyError, ModelTooLargeError, ...
-        `caller` (an API key) is who fair share serves in turn."""
+        `caller` (an API key) is who fair share serves in turn; `prompt` picks the replica
+        that holds most of it."""
         if self._closed:
             raise BusyError("the daemon is shutting down")
         future: asyncio.Future[Lease] = asyncio.get_running_loop().create_future()
-        self._post(lambda: self._on_acquire(spec, future, keep_alive_s, caller))
+        blocks = prompt_blocks(prompt) if prompt else ()
+        self._post(lambda: self._on_acquire(spec, future, keep_alive_s, caller, blocks))
         try:
             return await future
         except asyncio.CancelledError:
@@ -366,7 +418,11 @@ class Scheduler:
 
     @contextlib.asynccontextmanager
     async def lease(
-        self, spec: ModelSpec, keep_alive_s: float | None = None, caller: Caller | None = None
+        self,
+        spec: ModelSpec,
+        keep_alive_s: float | None = None,
+        caller: Caller | None = None,
+        prompt: str | None = None,
     ) -> AsyncIterator[Lease]:
         """Hold a ready runner for `spec` for the length of the block.
 
@@ -375,7 +431,7 @@ class Scheduler:
         Leaving (normally, by an exception or a cancel) releases exactly once, with
         `lease.keep_alive_s`: `keep_alive_s` unless the block changed it.
         """
-        held = await self.acquire(spec, keep_alive_s, caller)
+        held = await self.acquire(spec, keep_alive_s, caller, prompt)
         try:
             yield held
         finally:
@@ -386,18 +442,16 @@ class Scheduler:
         result: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
 
         def handle() -> None:
-            model = self.models.get(name.display())
-            if model is None:
-                result.set_result(False)
-                return
-            model.keep_alive_s = 0
-            if model.idle:
-                self._unload(model, "request")
-            else:  # busy or loading: unload once idle
-                if model.state is not ModelState.DRAINING:
-                    model.move_to(ModelState.DRAINING)
-                model.expires_at = self.clock.time()
-            result.set_result(True)
+            replicas = self._replicas(name.display())
+            for model in replicas:
+                model.keep_alive_s = 0
+                if model.idle:
+                    self._unload(model, "request")
+                else:  # busy or loading: unload once idle
+                    if model.state is not ModelState.DRAINING:
+                        model.move_to(ModelState.DRAINING)
+                    model.expires_at = self.clock.time()
+            result.set_result(bool(replicas))
 
         self._post(handle)
         return result
@@ -405,7 +459,17 @@ class Scheduler:
     def snapshot(self) -> list[ModelSnapshot]:
         """A read-only view for /api/ps; never used to make a decision."""
         rows: list[ModelSnapshot] = []
-        for model in sorted(self.models.values(), key=lambda m: -m.last_used):
+        groups: dict[str, list[LoadedModel]] = {}
+        for model in sorted(self.models.values(), key=lambda m: m.replica):
+            groups.setdefault(model.spec.key, []).append(model)
+        firsts = sorted(
+            (group[0] for group in groups.values()),
+            key=lambda m: -max(r.last_used for r in groups[m.spec.key]),
+        )
+        for model in firsts:
+            group = groups[model.spec.key]
+            in_flight = sum(r.in_flight for r in group)
+            slots = sum(r.spec.num_parallel for r in group)
             expires: float
             if model.state is ModelState.DRAINING:
                 expires = self.clock.time()  # "Stopping..."
@@ -421,30 +485,47 @@ class Scheduler:
                     "digest": model.spec.digest,
                     "state": model.state.wire,
                     "load_progress": model.load_progress if model.loading else 1.0,
-                    "size": model.size + model.vram,
-                    "size_vram": model.vram,
+                    "size": sum(r.size + r.vram for r in group),
+                    "size_vram": sum(r.vram for r in group),
                     "gpu_layers": model.plan.layers if model.plan else 0,
                     "context_length": model.spec.num_ctx,
                     "expires_at": expires,
-                    "in_flight": model.in_flight,
-                    "slots": model.spec.num_parallel,
-                    "slots_busy": min(model.in_flight, model.spec.num_parallel),
+                    "in_flight": in_flight,
+                    "slots": slots,
+                    "slots_busy": sum(min(r.in_flight, r.spec.num_parallel) for r in group),
                     "queue_depth": self._queue_depth(model.spec.key),
                     "pid": model.runner.pid if model.runner else None,
                     "threads": model.runner.threads if model.runner else 0,
                     "facts": model.spec.facts,
-                    "busy": model.in_flight > 0,
+                    "busy": in_flight > 0,
                     "queued_by_key": self.fairness.waiting_by_key(model.spec.key),
+                    "replicas": [
+                        {
+                            "replica": r.replica,
+                            "state": r.state.wire,
+                            "pid": r.runner.pid if r.runner else None,
+                            "in_flight": r.in_flight,
+                            "slots_busy": min(r.in_flight, r.spec.num_parallel),
+                            "threads": r.runner.threads if r.runner else 0,
+                            "cpus": list(r.cpus),
+                        }
+                        for r in group
+                    ],
                 }
             )
         return rows
 
+    def _replicas(self, key: str) -> list[LoadedModel]:
+        """Every runner of the model `key` (its replicas), first replica first."""
+        return sorted(
+            (m for m in self.models.values() if m.spec.key == key), key=lambda m: m.replica
+        )
+
     # ---- message handlers (run only inside the owner task) ------------------------------
 
     def _queue_depth(self, key: str) -> int:
-        model = self.models.get(key)
         waiting = sum(1 for p in self.pending if p.spec.key == key)
-        if model is not None:
+        for model in self._replicas(key):
             waiting += len(model.waiters)
             waiting += max(0, model.in_flight - model.spec.num_parallel)
         return waiting
@@ -455,6 +536,7 @@ class Scheduler:
         future: asyncio.Future[Lease],
         keep_alive_s: float | None,
         caller: Caller | None = None,
+        blocks: tuple[str, ...] = (),
     ) -> None:
         if future.done():
             return
@@ -473,13 +555,14 @@ class Scheduler:
             self._publish("queue_full", model=spec.key)
             return
         deadline = self.clock.monotonic() + self.pending_timeout_s
-        self.pending.append(_Pending(spec, future, keep_alive_s, deadline, caller))
+        self.pending.append(_Pending(spec, future, keep_alive_s, deadline, caller, blocks))
         self.fairness.arrive(future, spec.key, caller)
         self.clock.call_later(self.pending_timeout_s + 0.01, self._post, self._expire_pending)
         self._schedule()
         queued = self.fairness.announce(future, [p.future for p in self.pending])
         if queued is not None:  # it waits: say where (fairness.py)
             self._publish("request_queued", **queued)
+        self._consider_scale_up(spec)
 
     def _on_abandon(self, future: asyncio.Future[Lease]) -> None:
         if future.done() and not future.cancelled() and future.exception() is None:
@@ -491,9 +574,16 @@ class Scheduler:
             model.waiters = [w for w in model.waiters if w[0] is not future]
         self._schedule()
 
-    def _grant(self, model: LoadedModel, future: asyncio.Future[Lease], keep: float | None) -> None:
+    def _grant(
+        self,
+        model: LoadedModel,
+        future: asyncio.Future[Lease],
+        keep: float | None,
+        blocks: tuple[str, ...] = (),
+    ) -> None:
         if future.done() or model.runner is None:
             return
+        model.prefixes.remember(blocks)
         model.in_flight += 1
         model.last_used = self.clock.monotonic()
         if keep is not None:
@@ -512,7 +602,7 @@ class Scheduler:
             model.keep_alive_s = keep_alive_s
         if self.fairness.enabled:
             self._pass_slot_on(model)  # a request waiting for this slot takes it first
-        if self.models.get(model.spec.key) is model and model.idle:
+        if self.models.get(model.slot_key) is model and model.idle:
             self._arm_expiry(model)
         self._schedule()
 
@@ -533,7 +623,7 @@ class Scheduler:
 
     def _on_expire(self, model: LoadedModel) -> None:
         if (
-            self.models.get(model.spec.key) is model
+            self.models.get(model.slot_key) is model
             and model.idle
             and model.expires_at is not None
             and model.expires_at <= self.clock.time() + 0.05
@@ -559,7 +649,7 @@ class Scheduler:
     def _pass_slot_on(self, model: LoadedModel) -> None:
         """Fair share: the model's free slots go to its waiting requests, in fair order,
         before anything else is planned (an emptied model must not look idle, evictable)."""
-        if self.models.get(model.spec.key) is not model or not model.serving:
+        if self.models.get(model.slot_key) is not model or not model.serving:
             return
         for pending in self.fairness.order(self.pending, lambda p: p.future):
             if not self.fairness.has_free_slot(model.in_flight, model.spec.num_parallel):
@@ -568,18 +658,21 @@ class Scheduler:
                 continue
             if pending.caller is not None and self._compatible(model, pending.spec):
                 self.pending.remove(pending)
-                self._grant(model, pending.future, pending.keep_alive_s)
+                self._record_wait(pending)
+                self._grant(model, pending.future, pending.keep_alive_s, pending.blocks)
 
     def _waits_for_slot(self, pending: _Pending) -> bool:
         """A request with a caller (an API key) whose model serves with every slot busy:
         fair share holds it here (requests without one go to the runner's own queue)."""
-        model = self.models.get(pending.spec.key)
-        return (
-            pending.caller is not None
-            and model is not None
-            and model.serving
-            and self._compatible(model, pending.spec)
-            and not self.fairness.has_free_slot(model.in_flight, model.spec.num_parallel)
+        if pending.caller is None:
+            return False
+        serving = [
+            m
+            for m in self._replicas(pending.spec.key)
+            if m.serving and self._compatible(m, pending.spec)
+        ]
+        return bool(serving) and not any(
+            self.fairness.has_free_slot(m.in_flight, m.spec.num_parallel) for m in serving
         )
 
     def _compatible(self, model: LoadedModel, spec: ModelSpec) -> bool:
@@ -620,19 +713,24 @@ class Scheduler:
                 self.pending.remove(pending)
                 continue
             spec = pending.spec
-            model = self.models.get(spec.key)
-            if model is not None and not self._compatible(model, spec):
-                if not model.idle:
+            group = self._replicas(spec.key)
+            stale = [m for m in group if not self._compatible(m, spec)]
+            if stale and len(stale) == len(group):
+                if not all(m.idle for m in stale):
                     continue  # wait for its requests to finish, then reload
-                self._unload(model, "reload")
-                model = None
+                for old in stale:
+                    self._unload(old, "reload")
+                group = []
+            model = self._choose_replica(pending, [m for m in group if m not in stale])
             if model is not None:
                 if self._waits_for_slot(pending):
                     continue  # every slot is busy: it waits here, served in fair order
                 self.pending.remove(pending)
                 if model.serving:
-                    self._grant(model, pending.future, pending.keep_alive_s)
+                    self._record_wait(pending)
+                    self._grant(model, pending.future, pending.keep_alive_s, pending.blocks)
                 else:
+                    model.prefixes.remember(pending.blocks)  # it will run there
                     model.waiters.append((pending.future, pending.keep_alive_s))
                 continue
             try:
@@ -647,7 +745,67 @@ class Scheduler:
             for victim in victims:
                 self._unload(victim, "evicted", for_model=spec.key)
             self.pending.remove(pending)
-            self._start_load(spec, pending, plan)
+            self._start_load(
+                spec,
+                plan,
+                pending.keep_alive_s,
+                waiter=pending.future,
+                blocks=pending.blocks,
+                limit=spec.max_replicas,
+            )
+
+    def _choose_replica(self, pending: _Pending, group: list[LoadedModel]) -> LoadedModel | None:
+        """The replica for a request: among the serving ones (with a free slot, for a
+        request fair share holds), the one holding the longest prefix of its prompt, else
+        the least busy; a loading one when none serves yet."""
+        serving = [m for m in group if m.serving]
+        if pending.caller is not None and self.fairness.enabled:
+            free = [
+                m for m in serving if self.fairness.has_free_slot(m.in_flight, m.spec.num_parallel)
+            ]
+            serving = free or serving
+        if serving:
+            return choose_replica(serving, pending.blocks)
+        return group[0] if group else None
+
+    def _record_wait(self, pending: _Pending) -> None:
+        arrived = pending.deadline - self.pending_timeout_s
+        now = self.clock.monotonic()
+        window = self.queue_windows.setdefault(
+            pending.spec.key, QueueWindow(self.scale_policy.window_s)
+        )
+        window.record_wait(now, max(0.0, now - arrived))
+
+    def _consider_scale_up(self, spec: ModelSpec) -> None:
+        """Add a replica of `spec` when requests wait past the policy's thresholds and one
+        fits without evicting anything (replicas.scale_decision)."""
+        limit = spec.max_replicas  # the model's parameter, else LOCALSERVE_MAX_REPLICAS
+        if limit <= 1 or self._closed:
+            return
+        group = [m for m in self._replicas(spec.key) if self._compatible(m, spec)]
+        if not group or any(m.loading for m in group):
+            return  # nothing to copy yet, or one load at a time
+        now = self.clock.monotonic()
+        window = self.queue_windows.setdefault(spec.key, QueueWindow(self.scale_policy.window_s))
+        waiting = self._queue_depth(spec.key)
+        window.record_depth(now, waiting)
+        policy = dataclasses.replace(self.scale_policy, max_replicas=limit)
+        decision = scale_decision(policy, window, len(group), waiting, now)
+        if not decision.add:
+            return
+        try:
+            room = self._plan_room(spec)
+        except ModelTooLargeError:
+            return
+        if room is None or room[0]:
+            log.debug("not adding a replica of %s: no room without evicting", spec.key)
+            return
+        window.last_scale_up = now
+        used = {m.replica for m in self._replicas(spec.key)}
+        replica = next(i for i in range(len(used) + 1) if i not in used)
+        log.info("adding replica %d of %s: %s", replica, spec.key, decision.reason)
+        self._publish("scaled_up", model=spec.key, replica=replica, reason=decision.reason)
+        self._start_load(spec, room[1], None, replica=replica, limit=limit)
 
     def _resources(self) -> Resources:
         """One reading of the probes for a placement decision."""
@@ -664,17 +822,33 @@ class Scheduler:
         (placement.plan_room); raises ModelTooLargeError when it can never fit."""
         return plan_room(spec, list(self.models.values()), self._resources())
 
-    def _start_load(self, spec: ModelSpec, first: _Pending, plan: OffloadPlan) -> None:
+    def _start_load(
+        self,
+        spec: ModelSpec,
+        plan: OffloadPlan,
+        keep_alive_s: float | None,
+        *,
+        waiter: asyncio.Future[Lease] | None = None,
+        blocks: tuple[str, ...] = (),
+        replica: int = 0,
+        limit: int = 1,
+    ) -> None:
+        cpus: tuple[int, ...] = ()
+        if self.settings.cpu_replicas and limit > 1:
+            with contextlib.suppress(AttributeError, OSError):  # no affinity on this OS
+                cpus = cpu_sets(sorted(os.sched_getaffinity(0)), limit)[replica % limit]
         model = LoadedModel(
             spec=spec,
             estimate=plan.ram_bytes,
             plan=plan,
-            keep_alive_s=(
-                first.keep_alive_s if first.keep_alive_s is not None else self.settings.keep_alive_s
-            ),
+            keep_alive_s=keep_alive_s if keep_alive_s is not None else self.settings.keep_alive_s,
+            replica=replica,
+            cpus=cpus,
         )
-        model.waiters.append((first.future, first.keep_alive_s))
-        self.models[spec.key] = model
+        if waiter is not None:
+            model.prefixes.remember(blocks)
+            model.waiters.append((waiter, keep_alive_s))
+        self.models[model.slot_key] = model
         log.info(
             "loading %s: %d/%d layers on GPU, estimated %.0f MiB RAM + %.0f MiB VRAM",
             spec.key,
@@ -690,7 +864,7 @@ class Scheduler:
             vram_estimate=plan.vram_bytes,
             gpu_layers=plan.layers,
         )
-        self._spawn(self._load(model), f"load-{spec.key}")
+        self._spawn(self._load(model), f"load-{model.slot_key}")
 
     async def _load(self, model: LoadedModel) -> None:
         runner: RunnerProcess | None = None
@@ -702,7 +876,8 @@ class Scheduler:
                 num_ctx=model.spec.num_ctx,
                 num_gpu=plan.layers if plan else 0,
                 tensor_split=tensor_split(plan),
-                num_threads=self.settings.num_threads,
+                num_threads=len(model.cpus) or self.settings.num_threads,
+                cpus=list(model.cpus) or None,
                 adapt_threads=self.settings.adapt_threads,
                 batch_invariant=self.settings.batch_invariant,
                 flash_attn=self.settings.flash_attn,
@@ -728,13 +903,13 @@ class Scheduler:
         return any(m.in_flight for m in self.models.values())
 
     def _on_load_progress(self, model: LoadedModel, progress: float) -> None:
-        if self.models.get(model.spec.key) is not model or not model.loading:
+        if self.models.get(model.slot_key) is not model or not model.loading:
             return
         model.load_progress = progress
         self._publish("load_progress", model=model.spec.key, progress=progress)
 
     def _on_loaded(self, model: LoadedModel, runner: RunnerProcess, result: LoadResult) -> None:
-        if self.models.get(model.spec.key) is not model or self._closed:
+        if self.models.get(model.slot_key) is not model or self._closed:
             self._spawn(runner.stop(), "stop-orphan")
             return
         if model.state is ModelState.LOADING:  # a DRAINING one stays so: it unloads when idle
@@ -773,12 +948,13 @@ class Scheduler:
         if model.idle:
             self._arm_expiry(model)
         self._schedule()
+        self._consider_scale_up(model.spec)  # requests that queued while it loaded
 
     def _on_load_failed(self, model: LoadedModel, error: LocalserveError) -> None:
         log.warning("loading %s failed: %s", model.spec.key, error)
         self._publish("load_failed", model=model.spec.key, error=str(error))
-        if self.models.get(model.spec.key) is model:
-            del self.models[model.spec.key]
+        if self.models.get(model.slot_key) is model:
+            del self.models[model.slot_key]
             model.move_to(ModelState.STOPPING)
         for future, _ in model.waiters:
             _fail(future, error)
@@ -787,8 +963,8 @@ class Scheduler:
 
     def _on_runner_exit(self, model: LoadedModel, runner: RunnerProcess) -> None:
         self.stopping.pop(runner.pid, None)
-        if self.models.get(model.spec.key) is model and model.runner is runner:
-            del self.models[model.spec.key]
+        if self.models.get(model.slot_key) is model and model.runner is runner:
+            del self.models[model.slot_key]
             model.move_to(ModelState.STOPPING)
             if model.expiry is not None:
                 model.expiry.cancel()
@@ -819,18 +995,20 @@ class Scheduler:
             self._unload(model, "reclaim", available=available, reserve=reserve)
 
     def _unload(self, model: LoadedModel, reason: str, **details: Any) -> None:
-        if self.models.get(model.spec.key) is model:
-            del self.models[model.spec.key]
+        if self.models.get(model.slot_key) is model:
+            del self.models[model.slot_key]
         if model.expiry is not None:
             model.expiry.cancel()
             model.expiry = None
         model.move_to(ModelState.STOPPING)
         runner = model.runner
-        log.info("unloading %s (%s)", model.spec.key, reason)
+        log.info("unloading %s (%s)", model.slot_key, reason)
         self._publish("unloaded", model=model.spec.key, reason=reason, **details)
+        if self._replicas(model.spec.key):  # another runner of it stays
+            self._publish("scaled_down", model=model.spec.key, replica=model.replica, reason=reason)
         if runner is not None and runner.alive:
             self.stopping[runner.pid] = model.size
-            self._spawn(runner.stop(), f"stop-{model.spec.key}")
+            self._spawn(runner.stop(), f"stop-{model.slot_key}")
 
 
 def _load_error(spec: ModelSpec, exc: BaseException) -> LocalserveError:

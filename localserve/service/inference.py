@@ -238,6 +238,7 @@ class Inference:
             num_ctx=num_ctx,
             num_gpu=int(merged["num_gpu"]) if merged.get("num_gpu") is not None else None,
             num_parallel=int(merged.get("num_parallel") or self.settings.num_parallel),
+            max_replicas=int(manifest.parameters.get("max_replicas") or self.settings.max_replicas),
         )
         return ResolvedModel(stored, spec, merged)
 
@@ -460,7 +461,7 @@ class Generation:
         async with contextlib.AsyncExitStack() as held:
             try:
                 lease = await held.enter_async_context(
-                    scheduler.lease(model.spec, keep_alive_s, caller)
+                    scheduler.lease(model.spec, keep_alive_s, caller, prompt=self.prompt)
                 )
             except BaseException as exc:
                 refused = "rejected" if isinstance(exc, BusyError) else "error"

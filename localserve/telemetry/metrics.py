@@ -225,13 +225,21 @@ class _LiveCollector:
         in_flight = gauge("in_flight_requests", "Requests running on the model", ["model"])
         ram = gauge("model_ram_bytes", "RAM the scheduler accounts to the model", ["model"])
         vram = gauge("model_vram_bytes", "VRAM the scheduler accounts to the model", ["model"])
+        replicas = gauge("model_replicas", "Runners of the model (replicas)", ["model"])
+        replica_load = gauge(
+            "replica_in_flight_requests", "Requests running on one replica", ["model", "replica"]
+        )
         for row in rows:
             name = str(row["model"])
+            runners = row.get("replicas") or []
+            replicas.add_metric([name], float(len(runners) or 1))
+            for runner in runners:
+                replica_load.add_metric([name, str(runner["replica"])], float(runner["in_flight"]))
             queue.add_metric([name], float(row.get("queue_depth", 0)))
             in_flight.add_metric([name], float(row.get("in_flight", 0)))
             ram.add_metric([name], float(max(0, row["size"] - row["size_vram"])))
             vram.add_metric([name], float(row["size_vram"]))
-        yield from (loaded, queue, in_flight, ram, vram)
+        yield from (loaded, queue, in_flight, ram, vram, replicas, replica_load)
 
         current = gauge(
             "decode_tokens_per_second_current",

@@ -124,3 +124,18 @@ def test_display_imports_no_ui_package_and_no_cli() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("row", "text"),
+    [
+        ({"name": "smollm2:135m"}, "smollm2:135m"),
+        ({"name": "smollm2:135m", "replicas": [{"replica": 0}]}, "smollm2:135m"),
+        ({"name": "smollm2:135m", "replicas": [{"replica": 0}, {"replica": 1}]}, "smollm2:135m ×2"),
+        ({"model": "a:latest", "replicas": [{}, {}, {}]}, "a:latest ×3"),
+    ],
+)
+def test_a_model_in_several_runners_shows_its_replica_count(
+    row: dict[str, object], text: str
+) -> None:
+    assert display.name_with_replicas(row) == text

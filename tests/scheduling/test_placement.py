@@ -140,6 +140,7 @@ class Model:
     idle: bool = True
     pinned: bool = False
     last_used: float = 0.0
+    extra_replica: bool = False
 
 
 @dataclass(frozen=True)

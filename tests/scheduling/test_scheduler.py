@@ -705,8 +705,10 @@ class SchedulerMachine(RuleBasedStateMachine):
         scheduler = self.world.scheduler
         grant = scheduler._grant
 
-        def grant_then_cancel_the_doomed(model: Any, future: Any, keep: float | None) -> None:
-            grant(model, future, keep)
+        def grant_then_cancel_the_doomed(
+            model: Any, future: Any, keep: float | None, blocks: tuple[str, ...] = ()
+        ) -> None:
+            grant(model, future, keep, blocks)
             doomed = self.doomed
             granted = future.done() and not future.cancelled() and future.exception() is None
             if doomed and doomed.task and granted and model.spec.key.startswith(DOOMED[0]):

@@ -10,7 +10,7 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Digits, Static
 
-from localserve.client.display import human_bytes, processor_column
+from localserve.client.display import human_bytes, name_with_replicas, processor_column
 from localserve.tui.format import clock_text, gauge, ms_text, rate_text, sparkline, until_text
 from localserve.tui.screens.base import (
     MonitorScreen,
@@ -129,7 +129,7 @@ class DashboardScreen(MonitorScreen):
                 (
                     name,
                     [
-                        name,
+                        name_with_replicas(model),
                         human_bytes(size),
                         human_bytes(vram) if vram else "-",
                         processor_column(size, vram),
