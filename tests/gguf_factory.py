@@ -39,7 +39,12 @@ def write_tiny_gguf(
     context_length: int = 512,
     chat_template: str | None = None,
     name: str = "tiny",
+    control_tokens: tuple[str, ...] = (),
+    answer_token: str | None = None,
 ) -> Path:
+    """`control_tokens` are added after the byte tokens as CONTROL tokens (as real models'
+    `[TOOL_CALLS]` or `<|python_tag|>` are); `answer_token`, one of them, is what the model
+    then always answers instead of `answer_char`."""
     import gguf
 
     writer = gguf.GGUFWriter(str(path), "llama")
@@ -55,13 +60,15 @@ def write_tiny_gguf(
     writer.add_file_type(gguf.LlamaFileType.ALL_F32)
     writer.add_tokenizer_model("llama")
     tokens = [t.encode() for t in SPECIALS] + [f"<0x{i:02X}>".encode() for i in range(256)]
+    tokens += [t.encode() for t in control_tokens]
+    vocab = len(tokens)
     writer.add_token_list(tokens)
-    writer.add_token_scores([0.0] * VOCAB)
-    token_types = [
-        gguf.TokenType.UNKNOWN,
-        gguf.TokenType.CONTROL,
-        gguf.TokenType.CONTROL,
-    ] + [gguf.TokenType.BYTE] * 256
+    writer.add_token_scores([0.0] * vocab)
+    token_types = (
+        [gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.CONTROL]
+        + [gguf.TokenType.BYTE] * 256
+        + [gguf.TokenType.CONTROL] * len(control_tokens)
+    )
     writer.add_token_types([int(t) for t in token_types])
     writer.add_bos_token_id(1)
     writer.add_eos_token_id(2)
@@ -71,10 +78,13 @@ def write_tiny_gguf(
         writer.add_chat_template(chat_template)
 
     f32 = np.float32
-    writer.add_tensor("token_embd.weight", np.ones((VOCAB, WIDTH), dtype=f32))
+    writer.add_tensor("token_embd.weight", np.ones((vocab, WIDTH), dtype=f32))
     writer.add_tensor("output_norm.weight", np.ones(WIDTH, dtype=f32))
-    output = np.zeros((VOCAB, WIDTH), dtype=f32)
-    output[byte_token_id(answer_char)] = 1.0
+    output = np.zeros((vocab, WIDTH), dtype=f32)
+    if answer_token is not None:
+        output[VOCAB + control_tokens.index(answer_token)] = 1.0
+    else:
+        output[byte_token_id(answer_char)] = 1.0
     writer.add_tensor("output.weight", output)
     for layer in range(LAYERS):
         prefix = f"blk.{layer}."

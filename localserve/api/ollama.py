@@ -57,7 +57,12 @@ from localserve.service.options import (
 )
 from localserve.service.prompts import validate_messages
 from localserve.service.thinking import THINK_LEVELS
-from localserve.service.tools import ToolCall, template_supports_tools, validate_tools
+from localserve.service.tools import (
+    ToolCall,
+    template_supports_thinking,
+    template_supports_tools,
+    validate_tools,
+)
 from localserve.store.gguf_facts import ModelFacts
 from localserve.store.store import StoredModel
 
@@ -385,6 +390,8 @@ async def show(request: web.Request) -> web.Response:
     capabilities = ["completion"] + (["embedding"] if facts.pooling else [])
     if template_supports_tools(template):
         capabilities.append("tools")
+    if template_supports_thinking(template):
+        capabilities.append("thinking")
     if facts.fim_tokens:
         capabilities.append("insert")
     answer: ShowResponse = {

@@ -105,7 +105,7 @@ from localserve.runner.protocol import (
 )
 from localserve.runner.sampling import SamplerChain, SamplingOptions, grammar_for
 from localserve.runner.slots import Active, Part, Request, Slot, common_prefix, prompt_chunk
-from localserve.runner.text import TextStream
+from localserve.runner.text import MARKER_TOKENS, TextStream
 
 Emit = Callable[[RunnerFrame], None]
 
@@ -342,6 +342,13 @@ class Engine:
     def _piece_of(self, token: int) -> bytes:
         lib = llama()
         size = int(lib.llama_token_to_piece(self._vocab, token, self._piece, 256, 0, False))
+        if size == 0:
+            # A control token renders as nothing, except the markers of tool calls and
+            # reasoning that the daemon parses (Mistral's [TOOL_CALLS], Llama's
+            # <|python_tag|>, ...): those are kept as text.
+            size = int(lib.llama_token_to_piece(self._vocab, token, self._piece, 256, 0, True))
+            marker = self._piece.raw[: max(size, 0)]
+            return marker if marker in MARKER_TOKENS else b""
         if size < 0:
             bigger = ctypes.create_string_buffer(-size)
             size = int(lib.llama_token_to_piece(self._vocab, token, bigger, -size, 0, False))

@@ -5,6 +5,23 @@ from __future__ import annotations
 
 import codecs
 
+# Control tokens kept as text when generated: the markers of tool calls and reasoning the
+# daemon parses (localserve.service.tools and .thinking). Other control tokens (turn
+# markers and the like) render as nothing, as llama.cpp renders them without `special`.
+MARKER_TOKENS = frozenset(
+    marker.encode()
+    for marker in (
+        "[TOOL_CALLS]",
+        "[ARGS]",
+        "[CALL_ID]",
+        "<|python_tag|>",
+        "<tool_call>",
+        "</tool_call>",
+        "<think>",
+        "</think>",
+    )
+)
+
 
 class TextStream:
     """Token bytes in, text out: complete UTF-8 only, and nothing that may start a stop string.

@@ -68,3 +68,9 @@ def test_openai_gets_reasoning_content(daemon: DaemonThread) -> None:
     assert status == 200
     message = answer["choices"][0]["message"]
     assert message["reasoning_content"] == "Let me think." and message["content"] == "Hello!"
+
+
+def test_show_lists_thinking_only_for_a_thinking_template(daemon: DaemonThread) -> None:
+    _, thinker = post_json(daemon.base_url, "/api/show", {"model": "thinker"})
+    _, plain = post_json(daemon.base_url, "/api/show", {"model": "plain"})
+    assert "thinking" in thinker["capabilities"] and "thinking" not in plain["capabilities"]
