@@ -126,6 +126,7 @@ class Settings:
     # one (requests waited this long, median over 30 s, or this many waited); pin each
     # replica to a CPU set of its own.
     max_replicas: int = 1
+    min_replicas: int = 1  # runners started when a model loads (each keeps its keep-alive)
     scale_wait_s: float = 2.0
     scale_queue: int = 4
     cpu_replicas: bool = False
@@ -188,6 +189,10 @@ class Settings:
             raise ConfigError("LOCALSERVE_MAX_QUEUE and LOCALSERVE_MAX_LOADED must be >= 0")
         if self.max_replicas < 1:
             raise ConfigError("LOCALSERVE_MAX_REPLICAS must be at least 1")
+        if not 1 <= self.min_replicas <= self.max_replicas:
+            raise ConfigError(
+                "LOCALSERVE_MIN_REPLICAS must be at least 1 and at most LOCALSERVE_MAX_REPLICAS"
+            )
         if self.scale_queue < 1 or self.scale_wait_s < 0:
             raise ConfigError(
                 "LOCALSERVE_SCALE_QUEUE must be at least 1 and LOCALSERVE_SCALE_WAIT >= 0"
@@ -235,6 +240,7 @@ def _coerce(name: str, raw: Any) -> Any:
             "num_threads",
             "default_num_ctx",
             "max_replicas",
+            "min_replicas",
             "scale_queue",
         ):
             return int(raw)
@@ -295,6 +301,7 @@ ENV_VARS: dict[str, str] = {
     "LOCALSERVE_NUM_PARALLEL": "num_parallel",
     "LOCALSERVE_MAX_QUEUE": "max_queue",
     "LOCALSERVE_MAX_REPLICAS": "max_replicas",
+    "LOCALSERVE_MIN_REPLICAS": "min_replicas",
     "LOCALSERVE_SCALE_WAIT": "scale_wait_s",
     "LOCALSERVE_SCALE_QUEUE": "scale_queue",
     "LOCALSERVE_CPU_REPLICAS": "cpu_replicas",

@@ -320,5 +320,9 @@ def test_replica_settings_are_read_and_checked(tmp_path: Path) -> None:
     assert (settings.scale_wait_s, settings.scale_queue) == (5.0, 2)
     with pytest.raises(ConfigError, match="LOCALSERVE_MAX_REPLICAS"):
         load_settings(env={"LOCALSERVE_MAX_REPLICAS": "0"}, config_file=none).validate()
+    with pytest.raises(ConfigError, match="LOCALSERVE_MIN_REPLICAS"):
+        load_settings(
+            env={"LOCALSERVE_MIN_REPLICAS": "3", "LOCALSERVE_MAX_REPLICAS": "2"}, config_file=none
+        ).validate()
     with pytest.raises(ConfigError, match="max_replicas"):
         load_settings(env={"LOCALSERVE_MAX_REPLICAS": "two"}, config_file=none)

@@ -173,6 +173,7 @@ class ModelSpec:
     num_gpu: int | None = None  # layers on the GPU; None = choose from free VRAM
     num_parallel: int = 1  # slots: concurrent sequences in one context of num_ctx each
     max_replicas: int = 1  # runners of this model at most (the autoscaler adds them)
+    min_replicas: int = 1  # runners started when it loads (each still has its keep-alive)
 
     @property
     def key(self) -> str:
@@ -789,7 +790,11 @@ class Scheduler:
         window = self.queue_windows.setdefault(spec.key, QueueWindow(self.scale_policy.window_s))
         waiting = self._queue_depth(spec.key)
         window.record_depth(now, waiting)
-        policy = dataclasses.replace(self.scale_policy, max_replicas=limit)
+        policy = dataclasses.replace(
+            self.scale_policy,
+            max_replicas=limit,
+            min_replicas=max(0, min(spec.min_replicas, limit)),
+        )
         decision = scale_decision(policy, window, len(group), waiting, now)
         if not decision.add:
             return

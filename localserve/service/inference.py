@@ -239,6 +239,7 @@ class Inference:
             num_gpu=int(merged["num_gpu"]) if merged.get("num_gpu") is not None else None,
             num_parallel=int(merged.get("num_parallel") or self.settings.num_parallel),
             max_replicas=int(manifest.parameters.get("max_replicas") or self.settings.max_replicas),
+            min_replicas=int(manifest.parameters.get("min_replicas") or self.settings.min_replicas),
         )
         return ResolvedModel(stored, spec, merged)
 

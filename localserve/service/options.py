@@ -8,7 +8,8 @@ from localserve.config import parse_duration
 from localserve.errors import BadRequestError, ConfigError
 
 # Ollama option name -> accepted Python types. Load-time: num_ctx, num_gpu, num_parallel;
-# max_replicas (localserve's) is read from the model's parameters only (Modelfile PARAMETER).
+# min_replicas and max_replicas (localserve's) are read from the model's parameters only
+# (Modelfile PARAMETER).
 OPTION_TYPES: dict[str, tuple[type, ...]] = {
     "temperature": (int, float),
     "top_p": (int, float),
@@ -21,6 +22,7 @@ OPTION_TYPES: dict[str, tuple[type, ...]] = {
     "num_gpu": (int,),
     "num_parallel": (int,),
     "max_replicas": (int,),
+    "min_replicas": (int,),
     "repeat_penalty": (int, float),
     "presence_penalty": (int, float),
     "frequency_penalty": (int, float),
@@ -117,8 +119,8 @@ def parse_options(raw: Any, defaults: dict[str, Any] | None = None) -> dict[str,
             value = [s for s in stops if s]
         if key == "num_parallel" and not 1 <= value <= 64:
             raise BadRequestError("option 'num_parallel' must be between 1 and 64")
-        if key == "max_replicas" and not 1 <= value <= 64:
-            raise BadRequestError("option 'max_replicas' must be between 1 and 64")
+        if key in ("max_replicas", "min_replicas") and not 1 <= value <= 64:
+            raise BadRequestError(f"option {key!r} must be between 1 and 64")
         if key == "num_ctx" and not 1 <= value <= 1_048_576:
             raise BadRequestError("option 'num_ctx' must be between 1 and 1048576")
         options[key] = value

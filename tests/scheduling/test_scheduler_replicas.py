@@ -185,3 +185,14 @@ async def test_with_two_gpus_the_replica_goes_to_the_gpu_with_room(tmp_path: Pat
     assert plans[1][0] == 0 and plans[1][1] > 0
     for lease in leases:
         world.release(lease)
+
+
+async def test_min_replicas_start_when_the_model_loads(tmp_path: Path) -> None:
+    world = World(tmp_path)
+    wanted = dataclasses.replace(replicated("a", 3), min_replicas=2)
+    lease = await take(world, wanted, "one request, nothing waiting")
+    await serving(world)
+    assert sorted(m.replica for m in world.scheduler.models.values()) == [0, 1]
+    (scaled,) = events(world, "scaled_up")
+    assert "min_replicas" in scaled["reason"]
+    world.release(lease)
