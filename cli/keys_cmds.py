@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from localserve.access.keys import KeyLimits, KeyStore
+from localserve.client.display import usage_cells
 from localserve.client.http import LocalserveClient
 from localserve.config import Settings
 from localserve.errors import LocalserveError
@@ -59,19 +60,7 @@ def key_rows(keys: list[dict[str, Any]]) -> list[list[str]]:
 
 
 def usage_rows(usage: list[dict[str, Any]]) -> list[list[str]]:
-    return [
-        [
-            str(row["key"]),
-            str(row["model"]),
-            str(row["requests"]),
-            str(row["errors"]),
-            str(row["rate_limited"]),
-            str(row["prompt_tokens"]),
-            str(row["generated_tokens"]),
-            f"{float(row['busy_seconds']):.1f}s",
-        ]
-        for row in usage
-    ]
+    return [usage_cells(row) for row in usage]
 
 
 def _local_store(settings: Settings) -> KeyStore:

@@ -1,4 +1,5 @@
-"""Sample daemon answers shared by the display and CLI rendering tests."""
+"""Sample daemon answers shared by the display and CLI rendering tests, and the tool
+definitions the tool-calling tests of every dialect use."""
 
 from __future__ import annotations
 
@@ -18,4 +19,20 @@ SHOW: dict[str, Any] = {
     "license": "apache-2.0",
     "capabilities": ["completion"],
     "source": {"type": "upload", "file": "tiny.gguf", "revision": None},
+}
+
+
+# Two tools, as JSON schemas of their arguments; each dialect's tests wrap them in its shape.
+WEATHER_ARGUMENTS: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "location": {"type": "string"},
+        "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+    },
+    "required": ["location", "unit"],
+}
+SEARCH_ARGUMENTS: dict[str, Any] = {
+    "type": "object",
+    "properties": {"query": {"type": "string"}},
+    "required": ["query"],
 }

@@ -319,6 +319,9 @@ def _generation_request(body: dict[str, Any]) -> GenerationRequest:
     stream_options = body.get("stream_options")
     if stream_options is not None and not isinstance(stream_options, dict):
         raise BadRequestError("stream_options must be an object")
+    for key, value in (stream_options or {}).items():
+        if key != "include_obfuscation" or value:  # no obfuscation padding is sent
+            raise BadRequestError(f"field 'stream_options.{key}' is not supported")
     return GenerationRequest(
         model=get_str(body, "model", required=True) or "",
         endpoint="v1/responses",
@@ -331,7 +334,11 @@ def _generation_request(body: dict[str, Any]) -> GenerationRequest:
         tool_choice=validate_tool_choice(body.get("tool_choice"), tools),
         parallel_tool_calls=validate_parallel_tool_calls(body.get("parallel_tool_calls")),
         # a route keeps one user (or cache key) on one version, with its prompt cache
-        session=get_str(body, "prompt_cache_key") or get_str(body, "user"),
+        session=(
+            get_str(body, "prompt_cache_key")
+            or get_str(body, "safety_identifier")
+            or get_str(body, "user")
+        ),
     )
 
 

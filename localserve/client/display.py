@@ -137,6 +137,21 @@ def state_column(model: Mapping[str, Any], now: datetime | None = None) -> str:
 # ---- models --------------------------------------------------------------------------------
 
 
+def usage_cells(row: Mapping[str, Any]) -> list[str]:
+    """One /api/usage row as `localserve usage` and the TUI show it: KEY, MODEL, REQUESTS,
+    ERRORS, 429S, PROMPT, GENERATED, BUSY."""
+    return [
+        str(row["key"]),
+        str(row["model"]),
+        str(row["requests"]),
+        str(row["errors"]),
+        str(row["rate_limited"]),
+        str(row["prompt_tokens"]),
+        str(row["generated_tokens"]),
+        f"{float(row['busy_seconds']):.1f}s",
+    ]
+
+
 def name_with_replicas(model: Mapping[str, Any]) -> str:
     """A loaded model's name as `ps` and the TUI show it: "smollm2:135m ×2" when it runs
     in several runners (replicas), else just the name."""

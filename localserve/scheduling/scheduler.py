@@ -409,7 +409,8 @@ class Scheduler:
         if self._closed:
             raise BusyError("the daemon is shutting down")
         future: asyncio.Future[Lease] = asyncio.get_running_loop().create_future()
-        blocks = prompt_blocks(prompt) if prompt else ()
+        # The prompt's fingerprint only matters when there can be several replicas.
+        blocks = prompt_blocks(prompt) if prompt and spec.max_replicas > 1 else ()
         self._post(lambda: self._on_acquire(spec, future, keep_alive_s, caller, blocks))
         try:
             return await future

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from daemon_harness import DaemonThread, read_sse_until_subscribed, running_daemon
 from gguf_factory import write_tiny_gguf
+from samples import SEARCH_ARGUMENTS, WEATHER_ARGUMENTS
 from test_server_api import post_json, request
 from test_thinking_api import THINKING_TEMPLATE
 from test_tool_calls import TOOL_TEMPLATE
@@ -27,23 +28,9 @@ USER = {"role": "user", "content": "weather in Paris?"}
 WEATHER = {
     "name": "get_weather",
     "description": "Current weather",
-    "input_schema": {
-        "type": "object",
-        "properties": {
-            "location": {"type": "string"},
-            "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
-        },
-        "required": ["location", "unit"],
-    },
+    "input_schema": WEATHER_ARGUMENTS,
 }
-SEARCH = {
-    "name": "search",
-    "input_schema": {
-        "type": "object",
-        "properties": {"query": {"type": "string"}},
-        "required": ["query"],
-    },
-}
+SEARCH = {"name": "search", "input_schema": SEARCH_ARGUMENTS}
 
 
 def tiny_tokens(text: str) -> int:

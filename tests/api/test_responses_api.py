@@ -13,6 +13,7 @@ import pytest
 from daemon_harness import DaemonThread, running_daemon
 from gguf_factory import write_tiny_gguf
 from pydantic import BaseModel
+from samples import SEARCH_ARGUMENTS, WEATHER_ARGUMENTS
 from test_anthropic_messages import events_during, tiny_tokens
 from test_server_api import post_json, request
 from test_thinking_api import THINKING_TEMPLATE
@@ -27,24 +28,9 @@ WEATHER = {
     "type": "function",
     "name": "get_weather",
     "description": "Current weather",
-    "parameters": {
-        "type": "object",
-        "properties": {
-            "location": {"type": "string"},
-            "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
-        },
-        "required": ["location", "unit"],
-    },
+    "parameters": WEATHER_ARGUMENTS,
 }
-SEARCH = {
-    "type": "function",
-    "name": "search",
-    "parameters": {
-        "type": "object",
-        "properties": {"query": {"type": "string"}},
-        "required": ["query"],
-    },
-}
+SEARCH = {"type": "function", "name": "search", "parameters": SEARCH_ARGUMENTS}
 
 
 @pytest.fixture(scope="module")
@@ -221,6 +207,8 @@ class Place(BaseModel):
         ({"reasoning": {"effort": "extreme"}}, "reasoning.effort"),
         ({"text": {"format": {"type": "yaml"}}}, "text.format.type"),
         ({"tools": [WEATHER]}, "does not support tools"),
+        ({"stream_options": {"include_obfuscation": True}}, "stream_options.include_obfuscation"),
+        ({"stream_options": {"chunk_size": 4}}, "stream_options.chunk_size"),
     ],
 )
 def test_bad_requests_are_400s_naming_the_field(

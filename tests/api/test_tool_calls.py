@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from daemon_harness import DaemonThread, running_daemon
 from gguf_factory import write_tiny_gguf
+from samples import SEARCH_ARGUMENTS, WEATHER_ARGUMENTS
 from test_server_api import ndjson, post_json, request
 
 from localserve.service.prompts import render_chat, validate_messages
@@ -30,27 +31,10 @@ WEATHER = {
     "function": {
         "name": "get_weather",
         "description": "Current weather",
-        "parameters": {
-            "type": "object",
-            "properties": {
-                "location": {"type": "string"},
-                "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
-            },
-            "required": ["location", "unit"],
-        },
+        "parameters": WEATHER_ARGUMENTS,
     },
 }
-SEARCH = {
-    "type": "function",
-    "function": {
-        "name": "search",
-        "parameters": {
-            "type": "object",
-            "properties": {"query": {"type": "string"}},
-            "required": ["query"],
-        },
-    },
-}
+SEARCH = {"type": "function", "function": {"name": "search", "parameters": SEARCH_ARGUMENTS}}
 USER = {"role": "user", "content": "weather in Paris?"}
 
 

@@ -3,16 +3,18 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from rich.text import Text
-from textual import events
+from textual import events, work
 from textual.app import ComposeResult
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
 from localserve.client.display import human_bytes
+from localserve.client.http import ClientError, DaemonUnreachableError
 from localserve.tui.format import text_bar
 from localserve.tui.state import SECTIONS, MonitorState
 from localserve.tui.widgets import TooSmall, TopBar
@@ -128,3 +130,45 @@ def pulls_text(state: MonitorState, width: int) -> Text:
             detail += f"  {human_bytes(pull.completed)}/{human_bytes(pull.total)}"
         out.append(detail, style="dim")
     return out
+
+
+class PolledScreen(MonitorScreen):
+    """A screen that also polls one daemon endpoint (what no event carries), at most every
+    `POLL_S` seconds or the app's refresh interval, one poll at a time: `fetch` reads it,
+    `fetch_failed` keeps a client error to show, `show_polled` renders what was read."""
+
+    POLL_S: ClassVar[float] = 1.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._last_poll = 0.0
+        self._polling = False
+
+    def poll_due(self) -> bool:
+        return time.monotonic() - self._last_poll >= max(self.POLL_S, self.lsapp.refresh_s)
+
+    @work(group="poll", exclusive=True)
+    async def poll(self) -> None:
+        if self._polling:
+            return
+        self._polling = True
+        self._last_poll = time.monotonic()
+        try:
+            await self.fetch()
+        except DaemonUnreachableError as exc:
+            self.lsapp.connection_lost(str(exc))
+            return
+        except ClientError as exc:
+            self.fetch_failed(str(exc))
+        finally:
+            self._polling = False
+        self.show_polled()
+
+    async def fetch(self) -> None:
+        raise NotImplementedError
+
+    def fetch_failed(self, message: str) -> None:
+        raise NotImplementedError
+
+    def show_polled(self) -> None:
+        raise NotImplementedError

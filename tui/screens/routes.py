@@ -9,7 +9,6 @@ once a second), and again at once after a route or rollout event.
 
 from __future__ import annotations
 
-import time
 from typing import Any, ClassVar
 
 from rich.text import Text
@@ -20,8 +19,7 @@ from textual.containers import Vertical
 from textual.widgets import DataTable, Static
 
 from localserve.client import routes_display as show
-from localserve.client.http import ClientError, DaemonUnreachableError
-from localserve.tui.screens.base import MonitorScreen, set_columns, set_text, set_titles
+from localserve.tui.screens.base import PolledScreen, set_columns, set_text, set_titles
 from localserve.tui.screens.dialogs import ConfirmScreen
 from localserve.tui.state import MonitorState
 from localserve.tui.widgets import highlighted_key, sync_table
@@ -35,11 +33,10 @@ ROUTE_COLUMNS = (
     ("rollout", "ROLLOUT"),
 )
 VERSION_COLUMNS = tuple((h.lower(), h) for h in show.VERSION_HEADERS)
-POLL_S = 1.0
 HISTORY_SHOWN = 8
 
 
-class RoutesScreen(MonitorScreen):
+class RoutesScreen(PolledScreen):
     MODE = "routes"
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("B", "rollback", "Roll back"),
@@ -57,8 +54,6 @@ class RoutesScreen(MonitorScreen):
         super().__init__()
         self.routes: list[JSON] = []
         self.error = ""
-        self._last_poll = 0.0
-        self._polling = False
 
     def compose(self) -> ComposeResult:
         yield DataTable(id="routes", cursor_type="row", zebra_stripes=True)
@@ -82,27 +77,18 @@ class RoutesScreen(MonitorScreen):
     # ---- data ---------------------------------------------------------------------------
 
     def render_state(self, state: MonitorState, changed: set[str]) -> None:
-        due = time.monotonic() - self._last_poll >= max(POLL_S, self.lsapp.refresh_s)
-        if due or state.routes_changed:
+        if self.poll_due() or state.routes_changed:
             state.routes_changed = False
             self.poll()
 
-    @work(group="routes-poll", exclusive=True)
-    async def poll(self) -> None:
-        if self._polling:
-            return
-        self._polling = True
-        self._last_poll = time.monotonic()
-        try:
-            self.routes = await self.lsapp.source.routes()
-            self.error = ""
-        except DaemonUnreachableError as exc:
-            self.lsapp.connection_lost(str(exc))
-            return
-        except ClientError as exc:
-            self.error = str(exc)
-        finally:
-            self._polling = False
+    async def fetch(self) -> None:
+        self.routes = await self.lsapp.source.routes()
+        self.error = ""
+
+    def fetch_failed(self, message: str) -> None:
+        self.error = message
+
+    def show_polled(self) -> None:
         self.show_routes()
 
     def selected(self) -> JSON | None:

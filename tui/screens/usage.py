@@ -8,16 +8,14 @@ two seconds); the waiting counts come from the app's `/api/ps` state.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from rich.text import Text
-from textual import work
 from textual.app import ComposeResult
 from textual.widgets import DataTable, Static
 
-from localserve.client.http import ClientError, DaemonUnreachableError
-from localserve.tui.screens.base import MonitorScreen, set_columns, set_text, set_titles
+from localserve.client.display import usage_cells
+from localserve.tui.screens.base import PolledScreen, set_columns, set_text, set_titles
 from localserve.tui.state import MonitorState
 from localserve.tui.widgets import sync_table
 
@@ -33,27 +31,11 @@ USAGE_COLUMNS = (
     ("busy", "BUSY"),
 )
 WAITING_COLUMNS = (("key", "KEY"), ("model", "MODEL"), ("waiting", "WAITING"))
-POLL_S = 2.0
 SINCE = "24h"
 
 
 def usage_rows(usage: list[JSON]) -> list[tuple[str, tuple[str, ...]]]:
-    return [
-        (
-            f"{row['key']}\t{row['model']}",
-            (
-                str(row["key"]),
-                str(row["model"]),
-                str(row["requests"]),
-                str(row["errors"]),
-                str(row["rate_limited"]),
-                str(row["prompt_tokens"]),
-                str(row["generated_tokens"]),
-                f"{float(row['busy_seconds']):.1f}s",
-            ),
-        )
-        for row in usage
-    ]
+    return [(f"{row['key']}\t{row['model']}", tuple(usage_cells(row))) for row in usage]
 
 
 def waiting_rows(running: list[Any]) -> list[tuple[str, tuple[str, ...]]]:
@@ -65,8 +47,9 @@ def waiting_rows(running: list[Any]) -> list[tuple[str, tuple[str, ...]]]:
     return rows
 
 
-class UsageScreen(MonitorScreen):
+class UsageScreen(PolledScreen):
     MODE = "usage"
+    POLL_S = 2.0
     DEFAULT_CSS = """
     UsageScreen #usage { height: 2fr; border: round $primary; }
     UsageScreen #waiting { height: 1fr; border: round $primary; }
@@ -77,8 +60,6 @@ class UsageScreen(MonitorScreen):
         super().__init__()
         self.usage: list[JSON] = []
         self.note = ""
-        self._last_poll = 0.0
-        self._polling = False
 
     def compose(self) -> ComposeResult:
         yield DataTable(id="usage", cursor_type="row", zebra_stripes=True)
@@ -95,26 +76,18 @@ class UsageScreen(MonitorScreen):
 
     def render_state(self, state: MonitorState, changed: set[str]) -> None:
         sync_table(self.query_one("#waiting", DataTable), waiting_rows(list(state.running)))
-        if time.monotonic() - self._last_poll >= max(POLL_S, self.lsapp.refresh_s):
+        if self.poll_due():
             self.poll()
 
-    @work(group="usage-poll", exclusive=True)
-    async def poll(self) -> None:
-        if self._polling:
-            return
-        self._polling = True
-        self._last_poll = time.monotonic()
-        try:
-            answer = await self.lsapp.source.usage(SINCE)
-            self.usage = list(answer.get("usage") or [])
-            self.note = str(answer.get("notice") or "")
-        except DaemonUnreachableError as exc:
-            self.lsapp.connection_lost(str(exc))
-            return
-        except ClientError as exc:
-            self.note = str(exc)
-        finally:
-            self._polling = False
+    async def fetch(self) -> None:
+        answer = await self.lsapp.source.usage(SINCE)
+        self.usage = list(answer.get("usage") or [])
+        self.note = str(answer.get("notice") or "")
+
+    def fetch_failed(self, message: str) -> None:
+        self.note = message
+
+    def show_polled(self) -> None:
         self.show_usage()
 
     def show_usage(self) -> None:
