@@ -190,6 +190,7 @@ class Runner:
                         "slots": len(engine.slots),
                         "slots_busy": engine.busy_slots,
                         "threads": self.threads,
+                        "others_load": self._other_load,
                     }
                     self.send(stats)
                 elif op == "shutdown":

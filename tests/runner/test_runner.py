@@ -8,6 +8,7 @@ import contextlib
 import math
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -27,6 +28,7 @@ from localserve.runner.protocol import (
     read_frame,
     recv_frame,
 )
+from localserve.runner.threads import FREE_CORE_AT
 
 TinyModelFactory = Callable[..., Path]
 TIMEOUT_S = 30.0
@@ -548,8 +550,19 @@ def test_an_adaptive_runner_gives_up_threads_while_other_processes_hold_the_core
             threads.append(_stats_while_generating(adaptive, f"busy-{len(threads)}")["threads"])
     assert threads[-1] == 1, threads
     deadline = time.monotonic() + 30
-    while _stats_while_generating(adaptive, "after")["threads"] != 2:
-        assert time.monotonic() < deadline, "the runner never took its threads back"
+    loads: list[float] = []
+    while (after := _stats_while_generating(adaptive, "after"))["threads"] != 2:
+        loads.append(after["others_load"])
+        if time.monotonic() >= deadline:
+            _fail_unless_others_stayed_busy(loads)
+
+
+def _fail_unless_others_stayed_busy(loads: list[float]) -> None:
+    """The runner kept one thread: a fault if the machine was mostly quiet by its own
+    readings; if other programs (not this test's) kept the cores busy, nothing was shown."""
+    quiet = statistics.median(loads) < FREE_CORE_AT
+    assert not quiet, f"the runner kept one thread while others used {loads} cores"
+    pytest.skip(f"other programs kept this machine's cores busy ({loads} cores)")
 
 
 @pytest.mark.cpu_heavy
@@ -561,7 +574,9 @@ def test_a_runner_back_from_idle_knows_the_load_of_the_moment(adaptive: RunnerPr
         # both threads fighting the others for the cores is the slowest thing of all).
         assert _stats_while_generating(adaptive, "busy")["threads"] == 1
     time.sleep(1.0)  # idle again while the machine quiets down
-    assert _stats_while_generating(adaptive, "after")["threads"] == 2
+    after = _stats_while_generating(adaptive, "after")
+    if after["threads"] != 2:
+        _fail_unless_others_stayed_busy([after["others_load"]])
 
 
 def test_a_fixed_runner_keeps_its_threads(
