@@ -40,11 +40,12 @@ TTFT; warm TTFT <= llama-server's + 3 ms; 4-stream aggregate >= 2.0x in-process 
     .venv/bin/python benchmarks/peers.py [--tokens 128] [--streams 1,2,4,8] [--rounds 2]
         [--threads T] [--num-ctx 2048] [--pause 1.5] [--contenders engine,llama-server,...]
         [--llama-server PATH | --skip-llama-server] [--markdown] [--batch-invariant]
-        [--flash-attn]
+        [--no-flash-attn]
 
 `--batch-invariant` runs localserve (the engine, and the daemon through
-LOCALSERVE_BATCH_INVARIANT=1) in its batch-invariant mode; `--flash-attn` gives the engine
-contender and the daemon (LOCALSERVE_FLASH_ATTN=1) flash attention.
+LOCALSERVE_BATCH_INVARIANT=1) in its batch-invariant mode. Flash attention is on everywhere
+by default (localserve's default, llama-server's `-fa auto`); `--no-flash-attn` turns it off
+for the engine contender, the daemon (LOCALSERVE_FLASH_ATTN=0) and llama-server (`-fa off`).
 
 llama-server: ../shared/peers/build-llama-server.sh DIR builds it (DIR/bin/llama-server).
 """
@@ -262,7 +263,7 @@ class EngineContender(Contender):
         slots: int,
         threads: int,
         batch_invariant: bool = False,
-        flash_attn: bool = False,
+        flash_attn: bool = True,
     ) -> None:
         from localserve.runner.engine import Engine
 
@@ -836,9 +837,9 @@ def main() -> None:
     parser.add_argument("--skip-llama-server", action="store_true")
     parser.add_argument("--markdown", action="store_true", help="also print Markdown tables")
     parser.add_argument(
-        "--flash-attn",
+        "--no-flash-attn",
         action="store_true",
-        help="flash attention on (the engine's flash_attn load field, LOCALSERVE_FLASH_ATTN=1)",
+        help="flash attention off everywhere (LOCALSERVE_FLASH_ATTN=0, llama-server -fa off)",
     )
     parser.add_argument(
         "--batch-invariant",
@@ -867,6 +868,8 @@ def main() -> None:
             )
         else:
             extra, version = llama_server_flags(args.llama_server)
+            if args.no_flash_attn:
+                extra += ["-fa", "off"]
             notes_head.append(f"llama-server {args.llama_server} ({version})")
     header = [
         f"SmolLM2 135M Q4_1, {args.tokens} tokens per stream, temperature 0, {args.rounds} "
@@ -876,7 +879,7 @@ def main() -> None:
         + os.environ.get("LOCALSERVE_ADAPT_THREADS", "1")
         + f", LOCALSERVE_BATCH_INVARIANT={int(args.batch_invariant)}"
         + (" (engine too)" if args.batch_invariant else "")
-        + (", flash attention (engine and daemon)" if args.flash_attn else ""),
+        + (", flash attention off everywhere" if args.no_flash_attn else ""),
         *notes_head,
     ]
     for line in header:
@@ -891,7 +894,7 @@ def main() -> None:
                 group.append(in_proc)
             if "engine" in chosen:
                 engine = EngineContender(
-                    model, args.num_ctx, n, threads, args.batch_invariant, args.flash_attn
+                    model, args.num_ctx, n, threads, args.batch_invariant, not args.no_flash_attn
                 )
                 stack.callback(engine.close)
                 group.append(engine)
@@ -912,7 +915,7 @@ def main() -> None:
                         keep_alive="1h",
                         spare_runner="0",
                         batch_invariant="1" if args.batch_invariant else "0",
-                        flash_attn="1" if args.flash_attn else "0",
+                        flash_attn="0" if args.no_flash_attn else "1",
                     )
                 )
                 daemon = daemon_process()

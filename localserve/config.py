@@ -147,7 +147,8 @@ class Settings:
     # A request's tokens do not depend on the requests decoded beside it (slower; see
     # localserve.runner.engine).
     batch_invariant: bool = False
-    flash_attn: bool = False  # flash attention on CPU too (faster at short contexts only)
+    # Flash attention on CPU too, as llama-server's "auto" (see localserve.runner.engine).
+    flash_attn: bool = True
     autostart: bool = True  # CLI commands start the daemon when nothing answers
     # -- keys, limits and fair share (issue 16; localserve.access)
     keys_file: Path = field(

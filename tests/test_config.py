@@ -294,13 +294,19 @@ def test_adaptive_threads_are_on_unless_turned_off(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("variable", "setting"),
-    [("LOCALSERVE_BATCH_INVARIANT", "batch_invariant"), ("LOCALSERVE_FLASH_ATTN", "flash_attn")],
+    ("variable", "setting", "default"),
+    [
+        ("LOCALSERVE_BATCH_INVARIANT", "batch_invariant", False),
+        ("LOCALSERVE_FLASH_ATTN", "flash_attn", True),  # as llama-server's "auto"
+    ],
 )
-def test_decode_modes_are_off_unless_turned_on(tmp_path: Path, variable: str, setting: str) -> None:
+def test_decode_modes_have_their_defaults_and_can_be_switched(
+    tmp_path: Path, variable: str, setting: str, default: bool
+) -> None:
     none = tmp_path / "none.toml"
-    assert getattr(load_settings(env={}, config_file=none), setting) is False
-    assert getattr(load_settings(env={variable: "1"}, config_file=none), setting) is True
+    assert getattr(load_settings(env={}, config_file=none), setting) is default
+    for value, expected in (("1", True), ("0", False)):
+        assert getattr(load_settings(env={variable: value}, config_file=none), setting) is expected
     with pytest.raises(ConfigError, match=setting):
         load_settings(env={variable: "often"}, config_file=none)
 

@@ -35,21 +35,26 @@ Two modes:
 In both modes a prompt is never cut so as to leave a one-token chunk, and at least two
 prompt tokens are evaluated even when the whole prompt is cached, unless a slot kept the
 logits after exactly this prompt (every prompt read keeps them): the same prompt again is
-then sampled from those, with no decode before its first token. So a request whose prompt
-is cached, in part or whole, gives the same tokens as the same request read afresh (alone;
-in the batch-invariant mode, always). One limit: reused KV of tokens that were generated (a
-continued chat) was computed one token at a time, so it can differ in the last bits from
-evaluating the same text as a prompt.
+then sampled from those, with no decode before its first token. So the same request again
+gives the same tokens, and with flash attention off (and in the batch-invariant mode) a
+request whose prompt is cached, in part or whole, gives the same tokens as the same request
+read afresh (alone; in the batch-invariant mode, always). One limit: reused KV of tokens
+that were generated (a continued chat) was computed one token at a time, so it can differ
+in the last bits from evaluating the same text as a prompt.
 
 On CPU the KV cache is split per sequence (measured here with SmolLM2, 1 and 4 sequences at
 100 to 1,500 tokens: a unified cache, where every sequence attends over all cells, decoded
-up to 1.5x slower) and flash attention is off: with 2 threads it decoded 10-25% faster at
-100 tokens of context but 10-20% slower at 700, and slower at any length with 1 thread.
-`flash_attn=True` turns it on in the throughput mode. llama.cpp's CPU kernel then takes
-another path from FA_TILE_ROWS query rows of a sequence on, so micro-batches are cut to
-fewer rows and a cached prompt still reads as a fresh one; but a one-sequence decode over
-512 cells or more splits the KV over the threads, so a change of thread count during a
-request (the thread policy) can change its last bits.
+up to 1.5x slower). Flash attention is on by default in the throughput mode, as
+llama-server's "auto" has it; measured here with SmolLM2 and 2 threads (decode steps only,
+prompt reads apart), on against off: 1.23x (one sequence) and 1.26x (four) at 100 tokens
+of context, 1.09x and 0.94x at 700, 1.01x and 0.88x at 1,500; prompt reads 1.0-1.3x, but
+slower for four sequences at 1,500 (0.84x). With one thread a single sequence decodes
+10-17% slower with it. `flash_attn=False` (LOCALSERVE_FLASH_ATTN=0) turns it off. With it,
+llama.cpp's CPU kernel takes another path from FA_TILE_ROWS query rows of a sequence on,
+so the two rows re-read of a cached prompt can differ in their last bits from a fresh read
+of it; and a one-sequence decode over 512 cells or more splits the KV over the threads, so
+a change of thread count during a request (the thread policy) can change its last bits.
+The batch-invariant mode keeps it off.
 
 Prompt-prefix reuse: a slot keeps the tokens whose KV it still holds after its request ends.
 A new request goes to the free slot that shares the longest prefix with its prompt (a
@@ -213,7 +218,7 @@ class Engine:
         tensor_split: list[float] | None = None,
         on_progress: Callable[[float], None] | None = None,
         batch_invariant: bool = False,
-        flash_attn: bool = False,
+        flash_attn: bool = True,
     ) -> LoadInfo:
         """Load the model and make the context; `on_progress` hears llama.cpp's load
         progress (0..1) from inside the load. RequestError `load_failed` when llama.cpp
@@ -249,10 +254,7 @@ class Engine:
         cparams.n_ctx = max(num_ctx, 1) * slots
         flash = bool(flash_attn and not batch_invariant and not num_gpu)
         cparams.n_batch = n_batch
-        # With flash attention on CPU, llama.cpp's kernel takes another path from
-        # FA_TILE_ROWS query rows of a sequence on: smaller micro-batches keep every prompt
-        # row on one path, so a cached prompt still reads as a fresh one.
-        cparams.n_ubatch = min(n_batch, FA_TILE_ROWS - 1) if flash else n_batch
+        cparams.n_ubatch = n_batch
         cparams.n_seq_max = slots
         cparams.n_threads = num_threads
         cparams.n_threads_batch = num_threads

@@ -199,14 +199,14 @@ class RunnerProcess:
         on_progress: Callable[[float], None] | None = None,
         adapt_threads: bool = False,
         batch_invariant: bool = False,
-        flash_attn: bool = False,
+        flash_attn: bool = True,
         cpus: list[int] | None = None,
     ) -> LoadResult:
         """Load the model at `path`; ModelLoadError when llama.cpp refuses the file.
         `batch_invariant`: decode so that a request's tokens do not depend on the requests
-        beside it (slower); `flash_attn`: flash attention on CPU too (faster at short
-        contexts, slower at long ones; see localserve.runner.engine); `cpus`: pin the runner to
-        these CPUs (a replica's own set)."""
+        beside it (slower); `flash_attn`: flash attention on CPU too (as llama-server's
+        "auto"; off decodes faster beside long contexts; see localserve.runner.engine);
+        `cpus`: pin the runner to these CPUs (a replica's own set)."""
         self._model_path = path
         load: LoadOp = {
             "op": "load",

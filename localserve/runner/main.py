@@ -372,7 +372,7 @@ class Runner:
                     tensor_split=message.get("tensor_split") or None,
                     on_progress=LoadProgress(self.send),
                     batch_invariant=batch_invariant,
-                    flash_attn=bool(message.get("flash_attn", False)),
+                    flash_attn=bool(message.get("flash_attn", True)),
                 )
             except (RequestError, ValueError, RuntimeError, OSError) as exc:
                 raise self._load_error(exc, path, llama_errors) from exc

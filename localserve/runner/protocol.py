@@ -10,8 +10,8 @@ Daemon -> runner (`op`):
               num_ctx is per slot; adapt_threads: fewer threads while that decodes faster
               (localserve.runner.threads); batch_invariant: a request's tokens do not
               depend on what else runs beside it (slower; see localserve.runner.engine);
-              flash_attn: flash attention on CPU too (faster with several threads, but a
-              cached prompt may then answer differently from a fresh read); cpus: pin
+              flash_attn: flash attention on CPU too (default on, as llama-server's
+              "auto"; a cached prompt may then answer differently from a fresh read); cpus: pin
               the runner to these CPUs (a replica's own set)
     generate  {op, id, prompt, options, format?, logprobs?, prefix?, return_tokens?}
               format: "json" or a schema; requests beyond the runner's num_parallel

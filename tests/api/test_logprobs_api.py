@@ -251,13 +251,13 @@ def _log_softmax(logits: Any) -> Any:
 
 
 def _llama_logprobs(path: Path, prompt: list[int], answer: list[int]) -> list[Any]:
-    """llama-cpp-python's own log-softmax of the logits before each answer token: the
-    prompt read in one batch, then the answer one token at a time, as it was generated
-    (a batch read of generated text differs in its last bits, more with a quantized
-    model)."""
+    """llama-cpp-python's own log-softmax of the logits before each answer token (flash
+    attention on, as the runner has it by default): the prompt read in one batch, then the
+    answer one token at a time, as it was generated (a batch read of generated text differs
+    in its last bits, more with a quantized model)."""
     from llama_cpp import Llama
 
-    llm = Llama(str(path), n_ctx=512, n_threads=1, logits_all=True, verbose=False)
+    llm = Llama(str(path), n_ctx=512, n_threads=1, logits_all=True, flash_attn=True, verbose=False)
     try:
         llm.eval(prompt)
         steps = [_log_softmax(llm.scores[llm.n_tokens - 1])]
