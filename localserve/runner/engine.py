@@ -401,12 +401,15 @@ class Engine:
         logprobs: int | None = None,
         prefix: list[int] | None = None,
         return_tokens: bool = False,
+        received_ns: int | None = None,
     ) -> None:
         """Queue a generation; raises RequestError for a request that cannot run.
         `logprobs`: report every generated token's log-probability and that many most
         likely alternatives; `prefix`: token ids read before the prompt (Ollama's
         `context`); `return_tokens`: the done frame carries the prompt's and the answer's
-        token ids."""
+        token ids; `received_ns`: when the request arrived (perf_counter_ns; default now),
+        which tells requests sent together with the first of a burst (read as its
+        companions) from later ones."""
         if not self.loaded:
             raise RequestError("internal", "no model loaded")
         sampling = SamplingOptions.from_options(options)
@@ -453,6 +456,7 @@ class Engine:
                 num_predict,
                 logprobs=logprobs,
                 return_tokens=return_tokens,
+                submitted_ns=received_ns or time.perf_counter_ns(),
             )
         )
 

@@ -140,7 +140,9 @@ class Runner:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.send_lock = threading.Lock()
-        self.work: queue.Queue[Frame | None] = queue.Queue()
+        # Ops with the time they arrived (perf_counter_ns): a request that came in while a
+        # step ran counts as sent then, not when the step ended (see Engine.submit).
+        self.work: queue.Queue[tuple[Frame, int] | None] = queue.Queue()
         self.engine = Engine(self.post, self.flush)
         self.embedder: Embedder | None = None
         self.load_params: Frame = {}
@@ -196,7 +198,7 @@ class Runner:
                 elif op == "shutdown":
                     break
                 else:
-                    self.work.put(message)
+                    self.work.put((message, time.perf_counter_ns()))
         except OSError:
             pass
         finally:
@@ -222,7 +224,7 @@ class Runner:
     def _loop(self) -> int:
         while True:
             # Block only when idle; otherwise take what has arrived and step.
-            messages: list[Frame | None] = []
+            messages: list[tuple[Frame, int] | None] = []
             if not self.has_work:
                 messages.append(self.work.get())
             while True:
@@ -230,11 +232,11 @@ class Runner:
                     messages.append(self.work.get_nowait())
                 except queue.Empty:
                     break
-            for message in messages:
-                if message is None:
+            for item in messages:
+                if item is None:
                     self.flush()
                     return 0
-                if not self.handle(message):
+                if not self.handle(*item):
                     self.flush()
                     return 1
             self.flush()
@@ -300,8 +302,9 @@ class Runner:
             return self.policy.threads
         return self._fixed_threads
 
-    def handle(self, message: Frame) -> bool:
-        """Run one op; False when the runner must exit (a failed load)."""
+    def handle(self, message: Frame, received_ns: int | None = None) -> bool:
+        """Run one op (that arrived at `received_ns`); False when the runner must exit (a
+        failed load)."""
         op = message.get("op")
         request_id = str(message.get("id", ""))
         try:
@@ -321,6 +324,7 @@ class Runner:
                     logprobs=message.get("logprobs"),
                     prefix=message.get("prefix"),
                     return_tokens=bool(message.get("return_tokens", False)),
+                    received_ns=received_ns,
                 )
             elif op == "embed":
                 self.embed(request_id, message)

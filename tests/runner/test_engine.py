@@ -7,6 +7,7 @@ SmolLM2 (short generations)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -108,6 +109,31 @@ def test_generating_tokens_and_a_new_prompt_share_one_decode_unless_batch_invari
         assert step.prompt_tokens > 0
         run.run()
         assert (run.text("first"), run.text("second")) == ("b" * 50, "b" * 5)
+
+
+def test_requests_that_arrived_while_the_first_was_read_are_read_together_next(
+    engine: Callable[..., Harness], tiny_model: Callable[..., Path]
+) -> None:
+    """A burst: the first request's prompt read starts at once; the others arrive during
+    that step (the runner hands them over after it). Sent before its first token, they are
+    its companions and share one step; requests sent after it get the small busy budget."""
+    for arrived_during_the_read in (True, False):
+        run = engine(tiny_model("b"))
+        sent = time.perf_counter_ns()
+        run.engine.submit("first", "hello", {"num_predict": 50})
+        run.step()
+        # The step budgets as if a prompt token took 1/200 s: a busy step reads 20
+        # tokens, a companion step 80 (the three prompts are 23 tokens each).
+        run.engine._s_per_token = 0.1 / 20
+        for i in range(3):
+            received = sent if arrived_during_the_read else None
+            run.engine.submit(f"r{i}", "xyz"[i] * 19, {"num_predict": 2}, received_ns=received)
+        run.frames.clear()
+        run.step()
+        started = {r for f in run.frames if f["event"] == "tokens" for r in f["texts"]} - {"first"}
+        assert started == ({"r0", "r1", "r2"} if arrived_during_the_read else set())
+        run.run()
+        assert [run.text(f"r{i}") for i in range(3)] == ["bb"] * 3
 
 
 def test_each_step_sends_one_frame_with_the_text_of_every_sequence(
