@@ -22,7 +22,7 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from localserve.errors import (
@@ -64,11 +64,33 @@ SHADOW_KEEP = 1000  # comparisons kept per route
 Snapshot = Callable[[], list[ModelSnapshot]]
 
 
-@dataclass(frozen=True)
-class _Answer:
-    text: str
-    tokens: int
-    ttft_s: float
+@dataclass
+class _Tally:
+    """What one stream said, as a shadow comparison needs it."""
+
+    started: float = field(default_factory=time.perf_counter)
+    first: float | None = None  # when its first token came
+    parts: list[str] = field(default_factory=list)
+    finished: Finished | None = None
+
+    def see(self, event: Any) -> None:
+        if isinstance(event, Token):
+            self.first = self.first or time.perf_counter()
+            self.parts.append(event.text)
+        elif isinstance(event, Finished):
+            self.finished = event
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+    @property
+    def tokens(self) -> int:
+        return self.finished.eval_count if self.finished is not None else 0
+
+    @property
+    def ttft_s(self) -> float | None:
+        return None if self.first is None else self.first - self.started
 
 
 @dataclass(frozen=True)
@@ -390,49 +412,34 @@ class Routing:
         state: RolloutState,
         stats: ShadowStats,
     ) -> AsyncIterator[Any]:
-        started = time.perf_counter()
-        first: float | None = None
-        parts: list[str] = []
-        finished: Finished | None = None
+        served = _Tally()
         try:
             async for event in events:
-                if isinstance(event, Token):
-                    first = first or time.perf_counter()
-                    parts.append(event.text)
-                elif isinstance(event, Finished):
-                    finished = event
+                served.see(event)
                 yield event
         finally:
             aclose = getattr(events, "aclose", None)
             if aclose is not None:
                 await aclose()
-        if finished is None:
+        if served.finished is None:
             return
-        served = _Answer("".join(parts), finished.eval_count, (first or started) - started)
         self._shadow_tasks[state.route] = asyncio.get_running_loop().create_task(
             self._shadow(request, state.candidate, served, stats),
             name=f"shadow {state.route}",
         )
 
     async def _shadow(
-        self, request: GenerationRequest, candidate: str, served: _Answer, stats: ShadowStats
+        self, request: GenerationRequest, candidate: str, served: _Tally, stats: ShadowStats
     ) -> None:
         assert self._start is not None
         copy = dataclasses.replace(request, model=candidate, endpoint="shadow", session=None)
-        started = time.perf_counter()
-        first: float | None = None
-        parts: list[str] = []
-        count = 0
+        shadow = _Tally()
         try:
             generation = await self._start(copy)
             events = generation.events()
             try:
                 async for event in events:
-                    if isinstance(event, Token):
-                        first = first or time.perf_counter()
-                        parts.append(event.text)
-                    elif isinstance(event, Finished):
-                        count = event.eval_count
+                    shadow.see(event)
             finally:
                 await events.aclose()  # type: ignore[attr-defined]
         except LocalserveError as exc:
@@ -442,13 +449,14 @@ class Routing:
             return
         stats.requests += 1
         if served.tokens:
-            stats.length_ratios = [*stats.length_ratios, count / served.tokens][-SHADOW_KEEP:]
-        if served.ttft_s > 0 and first is not None:
-            ratio = (first - started) / served.ttft_s
+            ratio = shadow.tokens / served.tokens
+            stats.length_ratios = [*stats.length_ratios, ratio][-SHADOW_KEEP:]
+        if served.ttft_s and shadow.ttft_s is not None:
+            ratio = shadow.ttft_s / served.ttft_s
             stats.ttft_ratios = [*stats.ttft_ratios, ratio][-SHADOW_KEEP:]
         if request.options.get("temperature") == 0:
             stats.greedy += 1
-            stats.agreed += int("".join(parts) == served.text)
+            stats.agreed += int(shadow.text == served.text)
 
     # ---- the writer the controller uses ----------------------------------------------
 

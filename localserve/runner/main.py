@@ -192,8 +192,9 @@ class Runner:
                         "slots": len(engine.slots),
                         "slots_busy": engine.busy_slots,
                         "threads": self.threads,
-                        "others_load": self._other_load,
                     }
+                    if self.policy is not None:
+                        stats["others_load"] = self._other_load
                     self.send(stats)
                 elif op == "shutdown":
                     break

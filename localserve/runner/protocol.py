@@ -51,7 +51,7 @@ Runner -> daemon (`event`):
                                                  ended the answer, when one did
     embeddings{event, id, embeddings, prompt_eval_count, prompt_eval_duration}
     error     {event, id?, kind, message}        id absent for load errors
-    stats     {event, rss, slots, slots_busy, threads, others_load}
+    stats     {event, rss, slots, slots_busy, threads, others_load?}
 
 Within one write, a request's `tokens` text always comes before its `done`. The daemon's
 handle (localserve.runner.handle) turns each `tokens` frame into one `token` frame
@@ -229,7 +229,9 @@ class StatsFrame(TypedDict):
     slots: int
     slots_busy: int
     threads: int
-    others_load: float  # cores' worth other processes used on this runner's CPUs, lately
+    # Cores' worth other processes used on this runner's CPUs lately (with adapt_threads,
+    # which measures it).
+    others_load: NotRequired[float]
 
 
 RunnerFrame = (
