@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import http.client
 import importlib.util
+import json
 import os
 import socket
 import subprocess
@@ -89,3 +91,30 @@ def bench_daemon(models: dict[str, Path], **settings: str) -> Iterator[int]:
         finally:
             daemon.terminate()
             daemon.wait(10)
+
+
+def stream_generate(port: int, text: str, tokens: int, stamps: list[float]) -> int:
+    """Stream /api/generate (model "bench", raw, greedy); append the arrival time of every
+    token chunk to `stamps`. Returns the tokens generated (the final chunk's eval_count)."""
+    body = {
+        "model": "bench",
+        "prompt": text,
+        "raw": True,
+        "options": {"temperature": 0, "num_predict": tokens},
+    }
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    conn.request("POST", "/api/generate", json.dumps(body), {"Content-Type": "application/json"})
+    response = conn.getresponse()
+    count = 0
+    while line := response.readline():
+        if not line.strip():
+            continue
+        item = json.loads(line)
+        if item.get("error"):
+            raise RuntimeError(item["error"])
+        if item.get("response"):
+            stamps.append(time.perf_counter())
+        if item.get("done"):
+            count = int(item.get("eval_count", len(stamps)))
+    conn.close()
+    return count

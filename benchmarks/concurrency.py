@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import TOPICS, bench_daemon, in_process_stream, smollm2_path
+from common import TOPICS, bench_daemon, in_process_stream, smollm2_path, stream_generate
 
 STREAMS = (1, 2, 4, 8)
 
@@ -48,28 +48,6 @@ def prompt(tag: str, index: int) -> str:
 def in_process(llm: Any, tokens: int, tag: str) -> float:
     """Single-stream decode tokens/s of llama-cpp-python's create_completion(stream=True)."""
     return in_process_stream(llm, prompt(tag, 0), tokens)[1]
-
-
-def stream_generate(port: int, text: str, tokens: int, stamps: list[float]) -> None:
-    """Stream /api/generate; append the arrival time of every token chunk to `stamps`."""
-    body = {
-        "model": "bench",
-        "prompt": text,
-        "raw": True,
-        "options": {"temperature": 0, "num_predict": tokens},
-    }
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
-    conn.request("POST", "/api/generate", json.dumps(body), {"Content-Type": "application/json"})
-    response = conn.getresponse()
-    while line := response.readline():
-        if not line.strip():
-            continue
-        item = json.loads(line)
-        if item.get("error"):
-            raise RuntimeError(item["error"])
-        if item.get("response"):
-            stamps.append(time.perf_counter())
-    conn.close()
 
 
 def concurrent(port: int, streams: int, tokens: int, tag: str) -> tuple[float, float]:

@@ -31,34 +31,15 @@ from contextlib import ExitStack
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import TOPICS, bench_daemon, smollm2_path
+from common import TOPICS, bench_daemon, smollm2_path, stream_generate
 
 
 def _stream(port: int, prompt: str, tokens: int, out: list[tuple[float, float, int]]) -> None:
     """One streamed generation: (send time, first-token time, tokens) appended to `out`."""
     sent = time.perf_counter()
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
-    body = {
-        "model": "bench",
-        "prompt": prompt,
-        "raw": True,
-        "stream": True,
-        "options": {"num_predict": tokens, "temperature": 0},
-    }
-    conn.request("POST", "/api/generate", json.dumps(body), {"Content-Type": "application/json"})
-    response = conn.getresponse()
-    first = 0.0
-    count = 0
-    for line in response:
-        chunk = json.loads(line)
-        if chunk.get("response"):
-            count += 1
-            if not first:
-                first = time.perf_counter()
-        if chunk.get("done"):
-            count = int(chunk.get("eval_count", count))
-    out.append((sent, first, count))
-    conn.close()
+    stamps: list[float] = []
+    count = stream_generate(port, prompt, tokens, stamps)
+    out.append((sent, stamps[0] if stamps else 0.0, count))
 
 
 def burst(port: int, streams: int, tokens: int, salt: str) -> tuple[float, list[float]]:
