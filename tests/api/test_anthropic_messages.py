@@ -16,7 +16,7 @@ from daemon_harness import DaemonThread, read_sse_until_subscribed, running_daem
 from gguf_factory import write_tiny_gguf
 from samples import SEARCH_ARGUMENTS, WEATHER_ARGUMENTS
 from test_server_api import post_json, request
-from test_thinking_api import THINKING_TEMPLATE
+from test_thinking_api import scripted_thinker
 from test_tool_calls import TOOL_TEMPLATE
 
 from localserve.api import anthropic as dialect
@@ -399,18 +399,7 @@ def test_metrics_and_events_see_the_messages_endpoint(client: Any, daemon: Daemo
 
 @pytest.fixture
 def thinker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[DaemonThread]:
-    from localserve.service import inference
-
-    async def scripted(self: Any) -> Any:
-        for piece in ("<thi", "nk>Let me think", ".</think>\n\nHello", "!"):
-            yield inference.Token(piece)
-        yield inference.Finished("stop", 5, 1, 4, 1, 1, 1, prompt_tokens=5)
-
-    monkeypatch.setattr(inference.Generation, "_run", scripted)
-    with running_daemon(tmp_path) as running:
-        running.add_model("plain", write_tiny_gguf(tmp_path / "a.gguf", "a"))
-        model = write_tiny_gguf(tmp_path / "t.gguf", "a", chat_template=THINKING_TEMPLATE)
-        running.add_model("thinker", model)
+    with scripted_thinker(tmp_path, monkeypatch) as running:
         yield running
 
 

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from samples import SEARCH_ARGUMENTS, WEATHER_ARGUMENTS
 from test_anthropic_messages import events_during, tiny_tokens
 from test_server_api import post_json, request
-from test_thinking_api import THINKING_TEMPLATE
+from test_thinking_api import scripted_thinker
 from test_tool_calls import TOOL_TEMPLATE
 
 from localserve.api import responses as dialect
@@ -247,17 +247,7 @@ def test_metrics_and_events_see_the_responses_endpoint(client: Any, daemon: Daem
 
 @pytest.fixture
 def thinker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[DaemonThread]:
-    from localserve.service import inference
-
-    async def scripted(self: Any) -> Any:
-        for piece in ("<thi", "nk>Let me think", ".</think>\n\nHello", "!"):
-            yield inference.Token(piece)
-        yield inference.Finished("stop", 5, 1, 4, 1, 1, 1, prompt_tokens=5)
-
-    monkeypatch.setattr(inference.Generation, "_run", scripted)
-    with running_daemon(tmp_path) as running:
-        model = write_tiny_gguf(tmp_path / "t.gguf", "a", chat_template=THINKING_TEMPLATE)
-        running.add_model("thinker", model)
+    with scripted_thinker(tmp_path, monkeypatch) as running:
         yield running
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,21 +21,29 @@ THINKING_TEMPLATE = (
 USER = {"role": "user", "content": "hi"}
 
 
-@pytest.fixture
-def daemon(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[DaemonThread]:
+@contextlib.contextmanager
+def scripted_thinker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[DaemonThread]:
+    """A daemon whose every answer is "<think>Let me think.</think>\n\nHello!", streamed in
+    pieces that cut the tags (5 prompt tokens, 4 answer tokens): "thinker" has a thinking
+    template, "plain" none."""
     from localserve.service import inference
 
     async def scripted(self: Any) -> Any:
-        self.rendered = self.prompt
         for piece in ("<thi", "nk>Let me think", ".</think>\n\nHello", "!"):
             yield inference.Token(piece)
-        yield inference.Finished("stop", 5, 1, 4, 1, 1, 1)
+        yield inference.Finished("stop", 5, 1, 4, 1, 1, 1, prompt_tokens=5)
 
     monkeypatch.setattr(inference.Generation, "_run", scripted)
     with running_daemon(tmp_path) as running:
         running.add_model("plain", write_tiny_gguf(tmp_path / "a.gguf", "a"))
         thinker = write_tiny_gguf(tmp_path / "t.gguf", "a", chat_template=THINKING_TEMPLATE)
         running.add_model("thinker", thinker)
+        yield running
+
+
+@pytest.fixture
+def daemon(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[DaemonThread]:
+    with scripted_thinker(tmp_path, monkeypatch) as running:
         yield running
 
 
